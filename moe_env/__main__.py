@@ -1,0 +1,3 @@
+from moe_env.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,12 @@
+"""Placeholder until its owner lands it: registers the subcommand so the CLI assembles."""
+
+from moe_env.errors import UsageError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("doctor", help="(not built yet)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    raise UsageError("'doctor' is not built yet")

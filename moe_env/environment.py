@@ -1,0 +1,171 @@
+"""The probed facts of one environment, as typed dataclasses with a stable JSON form.
+
+Everything downstream (checks, resolver, diff, `--from-json`) reads an Environment and never
+probes by itself; that is what makes a saved report, a Docker build and a test fixture the same.
+The JSON form is `dataclasses.asdict`; `from_dict` is its inverse and tolerates missing keys
+(older reports) but not a wrong schema, which the report reader checks first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+REPORT_SCHEMA = "moe-env.doctor/1"
+
+
+@dataclass
+class PythonInfo:
+    version: str  # "3.11.7"
+    implementation: str  # "cpython"
+    executable: str
+    prefix: str
+    platform: str  # sysconfig.get_platform(), e.g. "linux-x86_64"
+    machine: str  # platform.machine()
+    glibc: Optional[str] = None  # "2.36"; None off glibc
+    sys_path: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Distribution:
+    name: str  # PEP 503 normalised
+    version: str  # as the METADATA says, unparsed (may be invalid)
+    requires: List[str] = field(default_factory=list)  # Requires-Dist lines, unparsed
+    location: str = ""  # the sys.path entry holding its .dist-info / .egg-info
+    installer: Optional[str] = None
+    metadata_error: Optional[str] = None  # set when METADATA was missing or unreadable
+
+
+@dataclass
+class TorchBuild:
+    """From torch/version.py and torch/__config__-free files; never from importing torch."""
+
+    version: str  # "2.1.2+cu121"
+    local: Optional[str] = None  # "cu121", "cpu", "rocm6.0", None for no local tag
+    cuda: Optional[str] = None  # "12.1"; None for CPU/ROCm builds
+    cudnn: Optional[str] = None  # "8902" style or "8.9.2"; None when unknown
+    hip: Optional[str] = None
+    git_version: Optional[str] = None
+    cxx11_abi: Optional[bool] = None  # from TorchConfig.cmake / the wheel's files; None when unknown
+    debug: Optional[bool] = None
+    location: str = ""
+
+
+@dataclass
+class DeepSpeedBuild:
+    """From deepspeed/git_version_info_installed.py (written by its setup.py at install time)."""
+
+    version: str
+    git_hash: Optional[str] = None
+    built_torch: Optional[str] = None  # torch_info["version"], "0.0" after an isolated build
+    built_cuda: Optional[str] = None  # torch_info["cuda_version"]
+    built_nccl: Optional[str] = None
+    installed_ops: Dict[str, bool] = field(default_factory=dict)
+    accelerator: Optional[str] = None
+    build_info_found: bool = False
+    build_info_error: Optional[str] = None
+
+
+@dataclass
+class Extension:
+    """A package with compiled parts: flash-attn, transformer-engine, apex, grouped_gemm, bitsandbytes..."""
+
+    key: str  # our name for it: "flash-attn", "grouped_gemm", ...
+    present: bool
+    distribution: Optional[str] = None  # which distribution provides it ("nv-grouped-gemm")
+    version: Optional[str] = None
+    import_name: Optional[str] = None
+    compiled_files: List[str] = field(default_factory=list)  # extension files found, relative to location
+
+
+@dataclass
+class ApiSymbol:
+    """Whether a dotted symbol exists in installed source, read with ast, executing nothing."""
+
+    symbol: str  # "deepspeed.utils.set_z3_leaf_modules", "deepspeed.moe.layer.MoE.__init__"
+    found: bool
+    kind: Optional[str] = None  # "module", "class", "function", "assignment", "import"
+    params: Optional[List[str]] = None  # parameter names of a function/method (incl. self, *args as "*args")
+    file: Optional[str] = None
+    line: Optional[int] = None
+    error: Optional[str] = None  # why it could not be decided: missing module, syntax error...
+
+
+@dataclass
+class GPU:
+    index: int
+    name: str
+    compute_capability: Optional[str] = None  # "9.0"
+    memory_mib: Optional[int] = None
+
+
+@dataclass
+class HostInfo:
+    driver_version: Optional[str] = None  # "550.54.15"
+    driver_source: Optional[str] = None  # "/sys/module/nvidia/version", "nvidia-smi", "MOE_ENV_CUDA_DRIVER_VERSION"
+    driver_cuda: Optional[str] = None  # the newest CUDA the driver supports, when nvidia-smi says
+    gpus: List[GPU] = field(default_factory=list)
+    gpu_source: Optional[str] = None
+    nvcc_version: Optional[str] = None  # "12.1"
+    nvcc_path: Optional[str] = None
+    cuda_home: Optional[str] = None
+    build_mode: bool = False  # --build: no driver/GPU expected; those checks are deferred
+    overrides: List[str] = field(default_factory=list)  # env vars that replaced probed facts
+    notes: List[str] = field(default_factory=list)  # probe failures worth showing (nvidia-smi timed out...)
+
+
+@dataclass
+class Environment:
+    python: PythonInfo
+    distributions: Dict[str, Distribution] = field(default_factory=dict)  # by normalised name
+    torch: Optional[TorchBuild] = None
+    deepspeed: Optional[DeepSpeedBuild] = None
+    extensions: Dict[str, Extension] = field(default_factory=dict)  # by key
+    api: Dict[str, ApiSymbol] = field(default_factory=dict)  # by symbol
+    host: HostInfo = field(default_factory=HostInfo)
+    probe_errors: List[str] = field(default_factory=list)  # things the probe could not read
+    probe_seconds: Optional[float] = None
+
+    def dist(self, name: str) -> Optional[Distribution]:
+        return self.distributions.get(normalize_name(name))
+
+    def version_of(self, name: str) -> Optional[str]:
+        d = self.dist(name)
+        return d.version if d else None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Environment":
+        return Environment(
+            python=_build(PythonInfo, data["python"]),
+            distributions={k: _build(Distribution, v) for k, v in (data.get("distributions") or {}).items()},
+            torch=_build(TorchBuild, data["torch"]) if data.get("torch") else None,
+            deepspeed=_build(DeepSpeedBuild, data["deepspeed"]) if data.get("deepspeed") else None,
+            extensions={k: _build(Extension, v) for k, v in (data.get("extensions") or {}).items()},
+            api={k: _build(ApiSymbol, v) for k, v in (data.get("api") or {}).items()},
+            host=_build_host(data.get("host") or {}),
+            probe_errors=list(data.get("probe_errors") or []),
+            probe_seconds=data.get("probe_seconds"),
+        )
+
+
+def _build(cls, data: Dict[str, Any]):
+    """Construct a dataclass from a dict, ignoring keys a newer writer added."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _build_host(data: Dict[str, Any]) -> HostInfo:
+    host = _build(HostInfo, {k: v for k, v in data.items() if k != "gpus"})
+    host.gpus = [_build(GPU, g) for g in data.get("gpus") or []]
+    return host
+
+
+def normalize_name(name: str) -> str:
+    """PEP 503 normalisation (kept here, stdlib-only, so the probe script can share the rule)."""
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()

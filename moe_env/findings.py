@@ -1,0 +1,55 @@
+"""A Finding: one problem (or note) with what was seen, why it matters, the fix and its sources.
+
+doctor, check-config and explain all produce Findings, so they render and exit the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterable, List
+
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+@dataclass
+class Finding:
+    id: str  # stable, dotted: "torch.driver-too-old", "minigemini.deepspeed-z3-leaf"
+    severity: str  # "error" | "warning" | "info"
+    title: str
+    seen: str  # what was observed, with the versions
+    why: str  # why it matters
+    fix: str = ""  # a command where one exists
+    sources: List[str] = field(default_factory=list)
+    deferred: bool = False  # a host check postponed by --build (no driver/GPU at build time)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Finding":
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def sort_findings(findings: Iterable[Finding]) -> List[Finding]:
+    return sorted(findings, key=lambda f: (SEVERITY_ORDER.get(f.severity, 9), f.id))
+
+
+def summarize(findings: Iterable[Finding]) -> Dict[str, int]:
+    counts = {"error": 0, "warning": 0, "info": 0, "deferred": 0}
+    for f in findings:
+        if f.deferred:
+            counts["deferred"] += 1
+        else:
+            counts[f.severity] = counts.get(f.severity, 0) + 1
+    return counts
+
+
+def exit_code(findings: Iterable[Finding], strict: bool = False) -> int:
+    """0 no errors; 1 errors (with strict, warnings too). Deferred findings never fail."""
+    for f in findings:
+        if f.deferred:
+            continue
+        if f.severity == "error" or (strict and f.severity == "warning"):
+            return 1
+    return 0

@@ -1,0 +1,319 @@
+"""Typed entries of compat_matrix/. One dataclass per TOML array-of-tables; every entry has `source`.
+
+Field types drive validation in loader.py: a field typed `str` must be a string in the TOML, a
+`List[str]` a list of strings, `Dict[str, str]` a table of strings, `Dict[str, Any]` any table.
+Fields with defaults are optional. Unknown keys are errors (they are usually typos).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+# ---------------------------------------------------------------- platform facts (platform/*.toml)
+
+
+@dataclass
+class TorchRelease:
+    """`[[torch]]` in platform/torch.toml: one torch minor release."""
+
+    minor: str  # "2.1"
+    versions: List[str]  # every patch release: ["2.1.0", "2.1.1", "2.1.2"]
+    python: str  # specifier of CPython versions with Linux x86_64 wheels: ">=3.8,<3.12"
+    default_cuda: str  # CUDA of the PyPI wheel: "12.1"
+    cuda_builds: List[str]  # CUDA variants on the PyTorch index: ["11.8", "12.1"]
+    glibc_min: str  # "2.17" (manylinux1/2014) or "2.28"
+    cxx11_abi: bool  # the PyPI default build's _GLIBCXX_USE_CXX11_ABI
+    source: List[str]
+    notes: str = ""
+
+
+@dataclass
+class TorchArch:
+    """`[[torch_arch]]` in platform/torch.toml: GPU architectures compiled into official wheels."""
+
+    torch: str  # specifier on the torch version: ">=2.1,<2.9"
+    cuda: List[str]  # CUDA builds this row covers: ["12.1", "12.4", "12.6"]
+    archs: List[str]  # compute capabilities with SASS: ["5.0", "6.0", "7.0", ...]
+    source: List[str]
+    ptx: str = ""  # the newest arch also shipped as PTX ("12.0"), "" when none
+    notes: str = ""
+
+
+@dataclass
+class CudaDriver:
+    """`[[cuda_driver]]` in platform/cuda.toml: minimum Linux x86_64 driver for a toolkit (GA)."""
+
+    cuda: str  # "12.1"
+    min_driver: str  # "530.30.02"
+    source: List[str]
+
+
+@dataclass
+class CudaMinorCompat:
+    """`[[cuda_minor_compat]]`: minor-version compatibility floor per CUDA major."""
+
+    cuda_major: int
+    min_driver: str  # "525.60.13"
+    source: List[str]
+    notes: str = ""
+
+
+@dataclass
+class GpuFamily:
+    """`[[gpu]]` in platform/cuda.toml: a GPU name pattern and its compute capability."""
+
+    match: List[str]  # case-insensitive substrings of the name nvidia-smi prints: ["H100"]
+    family: str  # "Hopper"
+    compute_capability: str  # "9.0"
+    source: List[str]
+    memory_gib: List[int] = field(default_factory=list)  # known memory sizes, informational
+
+
+@dataclass
+class ArchToolkit:
+    """`[[arch_toolkit]]`: which CUDA toolkits can target a compute capability."""
+
+    compute_capability: str  # "9.0"
+    min_cuda: str  # first toolkit that targets it: "11.8"
+    source: List[str]
+    removed_in: str = ""  # first toolkit that no longer targets it: "13.0"; "" when still supported
+
+
+# ---------------------------------------------------------------- package facts (packages/*.toml)
+
+
+@dataclass
+class PackageRelease:
+    """`[[release]]` in packages/<package>.toml."""
+
+    version: str
+    source: List[str]
+    requires: Dict[str, str] = field(default_factory=dict)  # {"torch": ">=1.9", "pydantic": ">=1,<2"}
+    python: str = ""  # Requires-Python specifier, "" when undeclared
+    sdist_only: bool = False
+    build_imports_torch: bool = False  # its sdist imports torch while building (needs --no-build-isolation)
+    released: str = ""  # date, "2024-01-19"
+    notes: str = ""
+
+
+@dataclass
+class ApiEntry:
+    """`[[api]]` in packages/<package>.toml: a symbol (or one parameter of it) and the releases that have it."""
+
+    symbol: str  # "deepspeed.utils.set_z3_leaf_modules" or "deepspeed.moe.layer.MoE.__init__"
+    first: str  # first release that has it
+    source: List[str]
+    param: str = ""  # a parameter name of `symbol`, "" for the symbol itself
+    last: str = ""  # last release that has it; "" = still in the newest checked release
+    newest_checked: str = ""  # newest release the fact was checked against
+    notes: str = ""
+
+
+@dataclass
+class FlashAttnWheels:
+    """`[[wheels]]` in packages/flash-attn.toml: prebuilt wheels one flash-attn release publishes."""
+
+    version: str
+    torch: List[str]  # torch minors: ["2.1", "2.2", ...]
+    cuda: List[str]  # CUDA the wheels are built with: ["11.8", "12.3"]
+    python: List[str]  # ["3.8", ..., "3.12"]
+    cxx11_abi: List[bool]  # [true, false]
+    source: List[str]
+    notes: str = ""
+
+
+@dataclass
+class Conflict:
+    """`[[conflict]]` in generic.toml: a combination of installed versions that breaks, for any project."""
+
+    id: str
+    when: Dict[str, str]  # every package must be installed and match its specifier
+    severity: str
+    title: str
+    why: str
+    fix: str
+    source: List[str]
+
+
+# ---------------------------------------------------------------- projects (projects/<name>.toml)
+
+
+@dataclass
+class ProjectInfo:
+    """`[project]` in projects/<name>.toml."""
+
+    name: str  # "minigemini"
+    title: str  # "MiniGemini (MGM)"
+    repo: str  # "dvlab-research/MGM"
+    commit: str  # the upstream commit the facts were read at
+    source: List[str]
+    aliases: List[str] = field(default_factory=list)  # ["mgm", "mini-gemini"]
+    detect: List[str] = field(default_factory=list)  # distributions whose presence means this project
+    default_variants: List[str] = field(default_factory=list)  # assumed without --model (the MoE ones)
+    notes: str = ""
+
+
+@dataclass
+class Pin:
+    """`[[pin]]`: what upstream declares, at `ProjectInfo.commit`."""
+
+    package: str
+    spec: str  # "==0.11.1", "" for unpinned
+    source: List[str]
+    extra: str = ""  # the optional-dependency group, "" for the main list
+    notes: str = ""
+
+
+@dataclass
+class Variant:
+    """`[[variant]]`: a model variant the project trains."""
+
+    id: str  # "8x7b"
+    title: str
+    moe: bool
+    source: List[str]
+    aliases: List[str] = field(default_factory=list)
+    base_model: str = ""  # "mistralai/Mixtral-8x7B-Instruct-v0.1"
+    num_experts: int = 0
+    deepspeed_config: str = ""  # upstream path: "scripts/zero3.json"
+    zero_stage: int = -1  # -1 when not DeepSpeed
+    launcher: str = ""  # "deepspeed", "torchrun", "xtuner train", "pretrain_gpt.py"
+    bf16: bool = False  # the shipped recipe trains in bf16 (needs sm_80+)
+    min_gpu_memory_gib: int = 0
+    notes: str = ""
+
+
+@dataclass
+class Check:
+    """`[[check]]`: a doctor rule for this project; `kind` names a registered check function."""
+
+    id: str
+    kind: str  # "version_bound", "api_symbol", "requires", "absent", ...
+    severity: str  # "error" | "warning" | "info"
+    title: str
+    why: str
+    fix: str
+    source: List[str]
+    variants: List[str] = field(default_factory=list)  # [] = every variant
+    params: Dict[str, Any] = field(default_factory=dict)  # kind-specific: {package, spec}, {symbol, param}...
+
+
+@dataclass
+class Stack:
+    """`[[stack]]`: a known-good set of pins for some variants and one CUDA target."""
+
+    id: str  # "mgm-8x7b-cu121"; also the lockfile folder name
+    variants: List[str]
+    cuda: str  # "12.1", or "cpu"
+    python: str  # "3.10"
+    pins: Dict[str, str]  # {"torch": "2.1.2", "deepspeed": "0.13.2", ...}: exact versions of the key packages
+    why: str  # why these versions
+    source: List[str]
+    departs: List[str] = field(default_factory=list)  # where and why it departs from upstream pins
+    source_builds: List[str] = field(default_factory=list)  # packages that need build steps: ["flash-attn"]
+    gpu_archs: List[str] = field(default_factory=list)  # archs it was meant for; [] = any the torch build has
+    notes: str = ""
+
+
+@dataclass
+class Rule:
+    """`[[rule]]`: a launch or DeepSpeed-config rule judged by `check-config`; `kind` names a function."""
+
+    id: str
+    kind: str
+    severity: str
+    title: str
+    why: str
+    fix: str
+    source: List[str]
+    variants: List[str] = field(default_factory=list)
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class KnownIssue:
+    """`[[known_issue]]`: a symptom (log/error text patterns), its cause, fix and source."""
+
+    id: str
+    title: str
+    patterns: List[str]  # Python regular expressions, matched per line (re.search)
+    cause: str
+    fix: str
+    source: List[str]
+    severity: str = "error"
+    benign: bool = False  # a scary message that is harmless
+    variants: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Project:
+    info: ProjectInfo
+    pins: List[Pin] = field(default_factory=list)
+    variants: List[Variant] = field(default_factory=list)
+    checks: List[Check] = field(default_factory=list)
+    stacks: List[Stack] = field(default_factory=list)
+    rules: List[Rule] = field(default_factory=list)
+    known_issues: List[KnownIssue] = field(default_factory=list)
+    file: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def variant(self, name: str) -> Optional[Variant]:
+        key = name.lower()
+        for v in self.variants:
+            if v.id.lower() == key or key in (a.lower() for a in v.aliases):
+                return v
+        return None
+
+    def moe_variants(self) -> List[Variant]:
+        if self.info.default_variants:
+            return [v for v in self.variants if v.id in self.info.default_variants]
+        return [v for v in self.variants if v.moe]
+
+
+# ---------------------------------------------------------------- the whole matrix
+
+
+@dataclass
+class Matrix:
+    root: str
+    torch_releases: List[TorchRelease] = field(default_factory=list)
+    torch_archs: List[TorchArch] = field(default_factory=list)
+    cuda_drivers: List[CudaDriver] = field(default_factory=list)
+    cuda_minor_compat: List[CudaMinorCompat] = field(default_factory=list)
+    gpus: List[GpuFamily] = field(default_factory=list)
+    arch_toolkits: List[ArchToolkit] = field(default_factory=list)
+    releases: Dict[str, List[PackageRelease]] = field(default_factory=dict)  # by normalised package name
+    api: Dict[str, List[ApiEntry]] = field(default_factory=dict)  # by normalised package name
+    flash_attn_wheels: List[FlashAttnWheels] = field(default_factory=list)
+    conflicts: List[Conflict] = field(default_factory=list)
+    projects: Dict[str, Project] = field(default_factory=dict)  # by name
+
+    def project(self, name: str) -> Optional[Project]:
+        key = name.lower()
+        for p in self.projects.values():
+            if p.info.name.lower() == key or key in (a.lower() for a in p.info.aliases):
+                return p
+        return None
+
+    def api_symbols(self) -> List[str]:
+        """Every symbol the probe must look up: from the API tables and the projects' api_symbol checks."""
+        seen = {e.symbol for entries in self.api.values() for e in entries}
+        for p in self.projects.values():
+            for c in p.checks:
+                if c.kind == "api_symbol" and isinstance(c.params.get("symbol"), str):
+                    seen.add(c.params["symbol"])
+        return sorted(seen)
+
+    def torch_release(self, version: str) -> Optional[TorchRelease]:
+        """The minor-release row for a torch version such as "2.1.2+cu121"."""
+        base = version.split("+", 1)[0]
+        parts = base.split(".")
+        minor = ".".join(parts[:2])
+        for r in self.torch_releases:
+            if r.minor == minor:
+                return r
+        return None
