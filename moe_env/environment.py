@@ -113,6 +113,7 @@ class HostInfo:
     build_mode: bool = False  # --build: no driver/GPU expected; those checks are deferred
     overrides: List[str] = field(default_factory=list)  # env vars that replaced probed facts
     notes: List[str] = field(default_factory=list)  # probe failures worth showing (nvidia-smi timed out...)
+    hostname: Optional[str] = None  # the node's name, so `moe-env diff` can name nodes in a fleet
 
 
 @dataclass
