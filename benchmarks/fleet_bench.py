@@ -1,6 +1,7 @@
 """Time `moe-env diff` over 1,000 node reports (goal: under 1 s).
 
-The template is a real `moe-env doctor --json` of this interpreter's environment; 1,000 copies are
+The template is a real `moe-env doctor --json` of this interpreter's environment, padded to a
+training environment's size (--packages); 1,000 copies are
 written to a folder, a few with drift (another deepspeed, another driver), and the diff is timed
 in-process (read + parse + group) and end to end through the CLI. Prints the figures.
 
@@ -24,17 +25,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--packages", type=int, default=250,
+                        help="pad each report to this many distributions (a CUDA training env has ~200-300)")
     args = parser.parse_args()
 
     env = {**os.environ, "MOE_ENV_CUDA_DRIVER_VERSION": "550.54.15", "MOE_ENV_GPUS": "H100:9.0x8"}
     proc = subprocess.run([sys.executable, "-m", "moe_env", "doctor", "--json"], capture_output=True, text=True, env=env)
     template = json.loads(proc.stdout)
-    size = len(proc.stdout)
+    dists = template["environment"]["distributions"]
+    for i in range(len(dists), args.packages):
+        dists[f"padding-package-{i}"] = {"name": f"padding-package-{i}", "version": f"1.{i}.0",
+                                         "requires": ["numpy>=1.20", "typing-extensions; python_version < '3.10'"],
+                                         "location": "/opt/venv/lib/python3.11/site-packages", "installer": "pip", "metadata_error": None}
+    text = json.dumps(template, indent=2)
+    size = len(text)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "reports"
         folder.mkdir()
         for i in range(args.nodes):
-            doc = json.loads(proc.stdout)
+            doc = json.loads(text)
             doc["environment"]["host"]["hostname"] = f"gpu{i:04d}"
             if i % 97 == 5:
                 doc["environment"]["distributions"].setdefault("deepspeed", {"name": "deepspeed", "version": "0"})["version"] = "0.14.5"

@@ -50,6 +50,8 @@ class TorchBuild:
     cxx11_abi: Optional[bool] = None  # from TorchConfig.cmake / the wheel's files; None when unknown
     debug: Optional[bool] = None
     location: str = ""
+    cudnn_source: Optional[str] = None  # "distribution nvidia-cudnn-cu12" or "torch/lib/libcudnn.so.8.9.2"
+    cxx11_abi_source: Optional[str] = None  # "torch/share/cmake/Torch/TorchConfig.cmake" or "torch/lib/libc10.so symbols"
 
 
 @dataclass
@@ -65,6 +67,8 @@ class DeepSpeedBuild:
     accelerator: Optional[str] = None
     build_info_found: bool = False
     build_info_error: Optional[str] = None
+    compatible_ops: Dict[str, bool] = field(default_factory=dict)  # written by 0.9.0-0.14.0 only
+    built_hip: Optional[str] = None  # torch_info["hip_version"]
 
 
 @dataclass
@@ -77,6 +81,8 @@ class Extension:
     version: Optional[str] = None
     import_name: Optional[str] = None
     compiled_files: List[str] = field(default_factory=list)  # extension files found, relative to location
+    providers: List[str] = field(default_factory=list)  # every installed distribution providing it (2+ = they collide)
+    origin: Optional[str] = None  # direct_url.json URL (git installs) or Home-page: tells same-named forks apart
 
 
 @dataclass

@@ -80,3 +80,98 @@ def write_dist(
     record = [f"{rel},," for rel in files] + [f"{info.name}/METADATA,,", f"{info.name}/RECORD,,"]
     (info / "RECORD").write_text("\n".join(record) + "\n", encoding="utf-8")
     return info
+
+
+# ---------------------------------------------------------------- files of fake torch / deepspeed installs (probe tests)
+
+
+def torch_files(version: str = "2.1.2+cu121", cuda: Optional[str] = "12.1", cxx11_abi: Optional[int] = 0,
+                cudnn_lib: Optional[str] = None, libc10: Optional[bytes] = None) -> Dict[str, object]:
+    """What a torch wheel leaves that the probe reads: torch/version.py, TorchConfig.cmake, torch/lib entries.
+
+    `cxx11_abi=None` writes a TorchConfig.cmake without the ABI line (as torch 2.13 wheels have it);
+    `libc10` then gives the bytes of torch/lib/libc10.so; `cudnn_lib` names a bundled libcudnn.so.X.
+    torch/__init__.py writes a file and raises if anything ever imports it.
+    """
+    files: Dict[str, object] = {
+        "torch/__init__.py": (
+            "import os\n"
+            "open(os.environ.get('MOE_ENV_TEST_IMPORTED', '/dev/null'), 'a').write('torch imported\\n')\n"
+            "raise ImportError('a fake torch: the probe must never import me')\n"
+        ),
+        "torch/version.py": (
+            "from typing import Optional\n\n"
+            "__all__ = ['__version__', 'debug', 'cuda', 'git_version', 'hip']\n"
+            f"__version__ = {version!r}\n"
+            "debug = False\n"
+            f"cuda: Optional[str] = {cuda!r}\n"
+            "git_version = '0123456789abcdef0123456789abcdef01234567'\n"
+            "hip: Optional[str] = None\n"
+        ),
+    }
+    abi_line = (f'if(CMAKE_SYSTEM_NAME STREQUAL "Linux")\n  set(TORCH_CXX_FLAGS "-D_GLIBCXX_USE_CXX11_ABI={cxx11_abi}")\nendif()\n'
+                if cxx11_abi is not None else "")
+    files["torch/share/cmake/Torch/TorchConfig.cmake"] = "# FindTorch\n" + abi_line + "if(TORCH_CXX_FLAGS)\nendif()\n"
+    if libc10 is not None:
+        files["torch/lib/libc10.so"] = libc10
+    if cudnn_lib:
+        files[f"torch/lib/{cudnn_lib}"] = b"\x7fELF fake"
+    return files
+
+
+def deepspeed_files(version: str, z3_leaf: bool, moe_params: Iterable[str] = (
+        "self", "hidden_size", "expert", "num_experts", "ep_size", "k", "capacity_factor", "eval_capacity_factor",
+        "min_capacity", "use_residual", "noisy_gate_policy", "drop_tokens", "use_rts", "use_tutel",
+        "enable_expert_tensor_parallelism"),
+        build_info: Optional[str] = "old", built_torch: str = "2.1", built_cuda: str = "12.1",
+        ops: Optional[Dict[str, bool]] = None) -> Dict[str, object]:
+    """A deepspeed install as its setup.py leaves it (source + git_version_info_installed.py).
+
+    `z3_leaf=False` is the 0.12.6 layout (no set_z3_leaf_modules); True the 0.13.x one, re-exporting it from
+    z3_leaf_module.py. `build_info`: "old" (0.9-0.14.0 fields, compatible_ops), "new" (0.14.1+, accelerator_name),
+    None (no file), or a string written verbatim. deepspeed/__init__.py hangs and writes a file if imported.
+    """
+    ops = dict(ops if ops is not None else {"fused_adam": False, "cpu_adam": True})
+    utils_init = "from .logging import logger, log_dist\n"
+    if z3_leaf:
+        utils_init += "from .z3_leaf_module import set_z3_leaf_modules, unset_z3_leaf_modules, z3_leaf_module\n"
+    files: Dict[str, object] = {
+        "deepspeed/__init__.py": (
+            "import os, time\n"
+            "open(os.environ.get('MOE_ENV_TEST_IMPORTED', '/dev/null'), 'a').write('deepspeed imported\\n')\n"
+            "time.sleep(60)\n"
+        ),
+        "deepspeed/utils/__init__.py": utils_init,
+        "deepspeed/utils/logging.py": "logger = None\n\n\ndef log_dist(message, ranks=None):\n    pass\n",
+        "deepspeed/moe/__init__.py": "",
+        "deepspeed/moe/layer.py": (
+            "import torch\n\nfrom .experts import Experts\n\n\nclass MoE(torch.nn.Module):\n"
+            '    """Mixture of experts."""\n\n'
+            f"    def __init__({', '.join(moe_params)}):\n        super().__init__()\n\n"
+            "    def forward(self, hidden_states, used_token=None):\n        return hidden_states\n"
+        ),
+        "deepspeed/moe/experts.py": "class Experts(object):\n    pass\n",
+        "deepspeed/moe/utils.py": (
+            "def split_params_into_different_moe_groups_for_optimizer(param_groups, max_group_size=178956971):\n"
+            "    return param_groups\n"
+        ),
+    }
+    if z3_leaf:
+        files["deepspeed/utils/z3_leaf_module.py"] = (
+            "import torch\n\n\ndef z3_leaf_module(model):\n    return False\n\n\n"
+            "def set_z3_leaf_modules(model, leaf_module_classes):\n    return []\n\n\n"
+            "def unset_z3_leaf_modules(model, leaf_module_classes):\n    return []\n"
+        )
+    torch_info = (f"torch_info={{'version': '{built_torch}', 'bf16_support': False, 'cuda_version': '{built_cuda}', "
+                  "'nccl_version': '2.18', 'hip_version': '0.0'}\n")
+    if build_info == "old":
+        files["deepspeed/git_version_info_installed.py"] = (
+            f"version='{version}'\ngit_hash='abc1234'\ngit_branch='HEAD'\ninstalled_ops={ops!r}\n"
+            f"compatible_ops={ {k: True for k in ops}!r}\n" + torch_info)
+    elif build_info == "new":
+        files["deepspeed/git_version_info_installed.py"] = (
+            f"version='{version}'\ngit_hash='abc1234'\ngit_branch='HEAD'\ninstalled_ops={ops!r}\n"
+            "accelerator_name='cuda'\n" + torch_info)
+    elif build_info is not None:
+        files["deepspeed/git_version_info_installed.py"] = build_info
+    return files

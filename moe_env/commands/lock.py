@@ -1,12 +1,177 @@
-"""Placeholder until its owner lands it: registers the subcommand so the CLI assembles."""
+"""`moe-env lock PROJECT`: a hash-pinned lockfile of the known-good stack for the target.
 
-from moe_env.errors import UsageError
+Offline by default (the shipped lockfile of the stack); `--refresh`, another CUDA or Python, or
+`--format pylock` resolve afresh through uv (default) or pip-tools.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+examples:
+  moe-env lock minigemini                      the shipped lockfile of MGM's default stack (offline, instant)
+  moe-env lock minigemini --model 8x7b -o requirements.lock
+  moe-env lock moe-llava --cuda 11.8           retarget torch to its cu118 build (fresh resolution)
+  moe-env lock xtuner --cuda auto              pick the CUDA build this host's driver and GPUs can run
+  moe-env lock mgm --refresh --backend pip-tools
+  moe-env lock mgm --refresh --format pylock -o pylock.toml
+  moe-env lock mgm --explain                   which stack, and why; locks nothing
+  moe-env lock mgm --json                      the resolution, lockfile text and build steps as JSON
+
+Install a lockfile with `pip install --require-hashes -r FILE` (its header names the PyTorch index when
+torch is a +cuXXX build), then run the build steps it names (`moe-env build-steps PROJECT ...`).
+--cuda auto reads the driver and GPUs (overrides: MOE_ENV_CUDA_DRIVER_VERSION, MOE_ENV_GPUS=8.0x8).
+Configuration: MOE_ENV_TORCH_INDEX (PyTorch index root), MOE_ENV_INDEX_URL (main index; default: the
+backend's own). Exit codes: 0 ok, 1 no versions satisfy the stack, 2 bad usage, 3 network failure.
+"""
+
+
+def add_target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("project", metavar="PROJECT", help="minigemini, moe-llava, megatron, xtuner (or an alias)")
+    p.add_argument("--model", "-m", metavar="VARIANT", help="model variant (default: the project's MoE variants)")
+    p.add_argument("--cuda", metavar="X.Y|cpu|auto",
+                   help="CUDA build of torch (default: the stack's; auto: from this host's driver and GPUs)")
+    p.add_argument("--python", metavar="X.Y", help="target CPython minor (default: the stack's)")
+    p.add_argument("--gpu-arch", action="append", metavar="CC",
+                   help="compute capability the build must carry, e.g. 8.0 or sm_90 (repeatable; default: the host's GPUs with --cuda auto)")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("lock", help="(not built yet)")
+    p = sub.add_parser(
+        "lock",
+        help="hash-pinned lockfile of a known-good stack (offline by default)",
+        description="Emit a hash-pinned, requirements-style lockfile of the known-good stack for a project, "
+                    "model variant and target (CUDA build, Python).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_target_args(p)
+    p.add_argument("--format", choices=["requirements", "pylock"], default="requirements",
+                   help="requirements.txt (default) or PEP 751 pylock.toml (fresh resolution through uv)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout")
+    p.add_argument("--force", action="store_true", help="replace an existing, different output file")
+    p.add_argument("--refresh", action="store_true", help="resolve afresh against the index instead of the shipped lockfile")
+    p.add_argument("--backend", choices=["uv", "pip-tools"], default="uv", help="resolver for fresh lockfiles (default uv)")
+    p.add_argument("--index-url", metavar="URL", help="main package index (default: the backend's own configuration)")
+    p.add_argument("--torch-index", metavar="URL", help="root of the PyTorch index holding +cuXXX builds")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S", help="seconds a fresh resolution may take (600)")
+    p.add_argument("--explain", action="store_true", help="say which stack fits and why; lock nothing")
+    p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
     p.set_defaults(func=run)
 
 
+def resolve_args(args):
+    """Shared by lock and build-steps: load the matrix, read the host when asked, resolve."""
+    from moe_env.lock.fastload import load_matrix_fast
+    from moe_env.resolver import resolve
+
+    matrix = load_matrix_fast()
+    env = None
+    if args.cuda == "auto":
+        from moe_env.lock.host import host_environment
+
+        env = host_environment()
+    return resolve(matrix, args.project, variant=args.model, cuda=args.cuda, python=args.python, env=env,
+                   gpu_archs=args.gpu_arch)
+
+
+def explain_text(resolution, steps, shipped) -> str:
+    r, t = resolution, resolution.target
+    lines = [
+        f"project  {r.project.name} ({r.project.info.title})",
+        f"variant  {r.variant.id if r.variant else 'default: ' + ', '.join(v.id for v in r.project.moe_variants())}",
+        f"stack    {r.stack.id}",
+        f"target   CUDA {t.cuda}, Python {t.python}, torch {t.torch or '?'}"
+        + (f" from the PyTorch index ({t.torch_index})" if t.torch_index else ""),
+        f"lockfile {'shipped: ' + str(shipped) if shipped else 'fresh resolution needed (network)'}",
+        "why:",
+    ]
+    lines += [f"  - {x}" for x in r.reasons]
+    lines.append("pins:")
+    lines += [f"  {k}=={v}" for k, v in r.stack.pins.items()]
+    if steps:
+        lines.append("source builds after install (moe-env build-steps):")
+        lines += [f"  - {s.package} {s.version}: {s.reason}" for s in steps]
+    lines.append("sources:")
+    lines += [f"  - {s}" for s in r.stack.source]
+    return "\n".join(lines) + "\n"
+
+
 def run(args) -> int:
-    raise UsageError("'lock' is not built yet")
+    import json
+    import sys
+    from pathlib import Path
+
+    from moe_env.build_steps import build_steps
+    from moe_env.lock.engine import lock
+    from moe_env.lock.output import write_atomic
+    from moe_env.lock.shipped import shipped_lockfile
+    from moe_env.term import Progress
+
+    resolution = resolve_args(args)
+    live = None
+    if args.refresh and not args.explain:
+        # the live release-asset check runs beside the resolution, not after it
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=1)
+        live = pool.submit(build_steps, resolution, args.gpu_arch, True)
+        pool.shutdown(wait=False)
+        steps = []
+    else:
+        steps = build_steps(resolution, args.gpu_arch)
+    shipped = shipped_lockfile(resolution.project.name, resolution.stack) if resolution.native else None
+    if args.explain:
+        if args.json:
+            print(json.dumps({"schema": "moe-env.lock/1", "resolution": resolution.to_dict(),
+                              "shipped": str(shipped) if shipped else None,
+                              "build_steps": [s.to_dict() for s in steps]}, indent=2))
+        else:
+            sys.stdout.write(explain_text(resolution, steps, shipped))
+        return 0
+    progress = Progress(quiet=args.json)
+    if args.refresh or args.format != "requirements" or shipped is None:
+        progress.say(f"resolving {resolution.stack.id} afresh with {args.backend} ...")
+    result = lock(resolution, refresh=args.refresh, backend=args.backend, fmt=args.format,
+                  index_url=args.index_url, torch_index=args.torch_index, timeout=args.timeout)
+    if live is not None:
+        steps = live.result()
+    wrote = None
+    if args.output:
+        changed = write_atomic(Path(args.output), result.text, force=args.force)
+        wrote = str(args.output)
+        if not args.json:
+            state = "wrote" if changed else "unchanged"
+            print(f"moe-env: {state} {args.output} (stack {resolution.stack.id}, {result.origin})", file=sys.stderr)
+    if args.json:
+        print(json.dumps({
+            "schema": "moe-env.lock/1",
+            "resolution": resolution.to_dict(),
+            "origin": result.origin,
+            "format": result.format,
+            "shipped": str(result.shipped) if result.shipped else None,
+            "output": wrote,
+            "backend_seconds": round(result.seconds, 3),
+            "excluded": result.excluded,
+            "build_steps": [s.to_dict() for s in steps],
+            "text": result.text,
+        }, indent=2))
+        return 0
+    if not args.output:
+        sys.stdout.write(result.text)
+    if steps:
+        names = ", ".join(f"{s.package} {s.version}".strip() for s in steps)
+        print(f"moe-env: after installing, build from source: {names} "
+              f"(moe-env build-steps {' '.join(_target_flags(args))})", file=sys.stderr)
+    return 0
+
+
+def _target_flags(args):
+    out = [args.project]
+    for flag, value in (("--model", args.model), ("--cuda", args.cuda), ("--python", args.python)):
+        if value:
+            out += [flag, value]
+    for a in args.gpu_arch or []:
+        out += ["--gpu-arch", a]
+    return out

@@ -9,6 +9,7 @@ check or rule kind is registered is checked by `moe-env matrix validate`, which 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import sys
 import typing
@@ -50,6 +51,7 @@ _FLAT: Dict[str, Tuple[type, str]] = {
     "arch_toolkit": (m.ArchToolkit, "arch_toolkits"),
     "conflict": (m.Conflict, "conflicts"),
     "wheels": (m.FlashAttnWheels, "flash_attn_wheels"),
+    "cuda_image": (m.CudaImage, "cuda_images"),
 }
 _PACKAGE: Dict[str, type] = {"release": m.PackageRelease, "api": m.ApiEntry}
 _PROJECT: Dict[str, Tuple[type, str]] = {
@@ -68,6 +70,7 @@ _VERSION_FIELDS = {
     m.PackageRelease: ("version",),
     m.ApiEntry: ("first", "last", "newest_checked"),
     m.FlashAttnWheels: ("version",),
+    m.CudaImage: ("version",),
 }
 _SPEC_FIELDS = {
     m.TorchRelease: ("python",),
@@ -159,7 +162,7 @@ def _entries(cls: type, value: Any, rel: str, key: str) -> List[Any]:
 def _entry(cls: type, item: Any, rel: str, where: str) -> Any:
     if not isinstance(item, dict):
         raise MatrixError(f"{rel}: {where}: must be a table")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(item) - set(fields))
     if unknown:
@@ -178,6 +181,12 @@ def _entry(cls: type, item: Any, rel: str, where: str) -> Any:
     obj = cls(**values)
     _validate_entry(obj, rel, where)
     return obj
+
+
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: type) -> Dict[str, Any]:
+    """typing.get_type_hints once per class: it evaluates every annotation string, per call."""
+    return typing.get_type_hints(cls)
 
 
 def _typed(value: Any, hint: Any, rel: str, where: str) -> Any:

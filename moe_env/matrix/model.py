@@ -80,6 +80,26 @@ class ArchToolkit:
     removed_in: str = ""  # first toolkit that no longer targets it: "13.0"; "" when still supported
 
 
+@dataclass
+class CudaImage:
+    """`[[cuda_image]]` in platform/cuda_images.toml: the nvidia/cuda image tags of one CUDA minor.
+
+    Tags are `<version>-<cudnn>-devel-<os>` and `<version>-<cudnn>-runtime-<os>`; `moe-env dockerfile`
+    builds them from these fields.
+    """
+
+    cuda: str  # "12.1"
+    version: str  # the toolkit version in the tag: "12.1.1"
+    cudnn: str  # the tag's cuDNN part: "cudnn8", "cudnn9", or "cudnn" (12.4 and newer)
+    os: List[str]  # ["ubuntu22.04", "ubuntu20.04"], preferred first
+    source: List[str]
+    notes: str = ""
+
+    def tag(self, flavor: str, os_name: str = "") -> str:
+        """`flavor` is "devel" or "runtime"."""
+        return f"{self.version}-{self.cudnn}-{flavor}-{os_name or self.os[0]}"
+
+
 # ---------------------------------------------------------------- package facts (packages/*.toml)
 
 
@@ -286,6 +306,7 @@ class Matrix:
     cuda_minor_compat: List[CudaMinorCompat] = field(default_factory=list)
     gpus: List[GpuFamily] = field(default_factory=list)
     arch_toolkits: List[ArchToolkit] = field(default_factory=list)
+    cuda_images: List[CudaImage] = field(default_factory=list)
     releases: Dict[str, List[PackageRelease]] = field(default_factory=dict)  # by normalised package name
     api: Dict[str, List[ApiEntry]] = field(default_factory=dict)  # by normalised package name
     flash_attn_wheels: List[FlashAttnWheels] = field(default_factory=list)
@@ -307,6 +328,14 @@ class Matrix:
                 if c.kind == "api_symbol" and isinstance(c.params.get("symbol"), str):
                     seen.add(c.params["symbol"])
         return sorted(seen)
+
+    def cuda_image(self, cuda: str) -> Optional[CudaImage]:
+        """The nvidia/cuda image row for a CUDA minor such as "12.1" (or "12.1.1")."""
+        minor = ".".join(cuda.split(".")[:2])
+        for row in self.cuda_images:
+            if row.cuda == minor:
+                return row
+        return None
 
     def torch_release(self, version: str) -> Optional[TorchRelease]:
         """The minor-release row for a torch version such as "2.1.2+cu121"."""

@@ -1,0 +1,125 @@
+"""Benchmark: `moe-env doctor minigemini --python ENV` against `python -m torch.utils.collect_env` on the same env.
+
+Builds (once, reused afterwards) a venv holding torch 2.13.0 (the local CPU wheel in /opt/wheels here,
+or whatever `pip install torch==2.13.0` finds), deepspeed, transformers and accelerate, then times
+each command several times in fresh processes and prints the medians and their ratio.
+
+    python benchmarks/doctor_bench.py                    # venv in ./.venv-bench, 7 runs each
+    python benchmarks/doctor_bench.py --venv /tmp/env --runs 11
+
+Goal (issue 2): doctor under 0.2 s median and at least 10x faster than collect_env.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_WHEELS = Path("/opt/wheels")
+
+
+def build_venv(path: Path) -> Path:
+    python = path / "bin" / "python"
+    marker = path / ".bench-ready"
+    if marker.exists():
+        return python
+    if path.exists():
+        shutil.rmtree(path)
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    links = ["--find-links", str(LOCAL_WHEELS)] if LOCAL_WHEELS.is_dir() else []
+    print("bench: installing torch==2.13.0 ...", file=sys.stderr)
+    # the local CPU build when it is there (no multi-GB CUDA download); the index's wheel otherwise
+    if LOCAL_WHEELS.is_dir() and list(LOCAL_WHEELS.glob("torch-2.13.0*.whl")):
+        deps = subprocess.run(
+            [str(python), "-c", "import sys, zipfile, glob; w = zipfile.ZipFile(sorted(glob.glob(sys.argv[1]))[0]); "
+             "m = [n for n in w.namelist() if n.endswith('.dist-info/METADATA')][0]; "
+             "print('\\n'.join(l[15:] for l in w.read(m).decode().splitlines() if l.startswith('Requires-Dist: ') "
+             "and 'extra ==' not in l))", str(LOCAL_WHEELS / "torch-2.13.0*.whl")],
+            capture_output=True, text=True, check=True).stdout.split("\n")
+        # torch's own requirements from the index (CUDA libraries excluded by their markers on a CPU wheel)
+        subprocess.run(pip + [d for d in deps if d.strip()], check=True)
+        subprocess.run(pip + ["--no-index", *links, "torch==2.13.0"], check=True)
+    else:
+        subprocess.run(pip + ["torch==2.13.0"], check=True)
+    print("bench: installing deepspeed, transformers, accelerate ...", file=sys.stderr)
+    subprocess.run(pip + ["setuptools", "wheel", "ninja"], check=True)
+    # deepspeed is sdist-only and imports torch while building: build it against the torch just installed
+    subprocess.run(pip + ["--no-build-isolation", *links, "deepspeed", "transformers", "accelerate"], check=True,
+                   env={**os.environ, "DS_BUILD_OPS": "0"})
+    marker.write_text("ok\n")
+    return python
+
+
+def time_runs(cmd, runs: int, env=None):
+    """Wall-clock seconds of each run, and CPU seconds (user+sys of the command and its children).
+
+    CPU time is printed too because wall time on a shared, loaded machine mostly measures the others.
+    """
+    times, cpu = [], []
+    for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        times.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
+        if res.returncode not in (0, 1):
+            raise SystemExit(f"bench: {' '.join(cmd)} exited {res.returncode}:\n{res.stderr[-2000:]}")
+    return times, cpu
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--venv", type=Path, default=ROOT / ".venv-bench", help="where to build (or reuse) the environment")
+    ap.add_argument("--runs", type=int, default=7, help="runs of each command (median reported)")
+    ap.add_argument("--moe-env", default=None, help="moe-env command (default: this interpreter's `-m moe_env`)")
+    args = ap.parse_args()
+
+    python = build_venv(args.venv)
+    versions = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"],
+                              capture_output=True, text=True).stdout
+    wanted = ("torch", "deepspeed", "transformers", "accelerate")
+    print("environment: " + ", ".join(l for l in versions.split() if l.split("==")[0].lower() in wanted))
+
+    moe_env = args.moe_env.split() if args.moe_env else [sys.executable, "-m", "moe_env"]
+    # An installed moe-env has bytecode (pip compiles it, as it did torch's); this sandbox sets
+    # PYTHONDONTWRITEBYTECODE, which would make every timed run recompile moe-env from source.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["NO_COLOR"] = "1"
+    doctor = moe_env + ["doctor", "minigemini", "--python", str(python)]
+    collect = [str(python), "-m", "torch.utils.collect_env"]
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    time_runs(doctor, 1, env)  # warm the page cache for both before timing
+    time_runs(collect, 1, env)
+    # interleaved, so both see the same background load
+    d, dc, c, cc = [], [], [], []
+    for _ in range(args.runs):
+        w, u = time_runs(doctor, 1, env)
+        d += w
+        dc += u
+        w, u = time_runs(collect, 1, env)
+        c += w
+        cc += u
+    dm, cm = statistics.median(d), statistics.median(c)
+    print(f"load average before: {load}")
+    print(f"moe-env doctor minigemini: median {dm * 1000:.0f} ms wall (min {min(d) * 1000:.0f}, max {max(d) * 1000:.0f}), "
+          f"{statistics.median(dc) * 1000:.0f} ms CPU, over {args.runs} runs")
+    print(f"torch.utils.collect_env:   median {cm * 1000:.0f} ms wall (min {min(c) * 1000:.0f}, max {max(c) * 1000:.0f}), "
+          f"{statistics.median(cc) * 1000:.0f} ms CPU, over {args.runs} runs")
+    print(f"ratio: doctor is {cm / dm:.1f}x faster by wall time, {statistics.median(cc) / statistics.median(dc):.1f}x by CPU time "
+          "(goal: < 200 ms and >= 10x)")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""Generic checks on installed distributions: `pip check` without pip, known-bad combinations, unreadable metadata.
+
+Requirements come from each distribution's Requires-Dist as the probe read it; markers are
+evaluated for the *target* interpreter (not the one running moe-env), extras as not requested,
+exactly as `pip check` judges them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import List
+
+from packaging.markers import InvalidMarker, UndefinedComparison, UndefinedEnvironmentName
+from packaging.requirements import InvalidRequirement, Requirement
+
+from moe_env.checks.facts import marker_environment, parse_version, spec_contains
+from moe_env.checks.registry import Context, generic
+from moe_env.environment import normalize_name
+from moe_env.findings import Finding
+
+# Requirements that only apply with an extra (`; extra == "dev"`) are never checked, as in `pip check`;
+# skipping them before parsing saves most of the parsing (transformers declares hundreds).
+_EXTRA_ONLY = re.compile(r";.*\bextra\s*==")
+
+SRC_PIP_CHECK = "https://pip.pypa.io/en/stable/cli/pip_check/ the same judgement: every Requires-Dist of every installed distribution"
+
+
+@generic("probe-errors")
+def probe_errors(ctx: Context) -> List[Finding]:
+    return [Finding(
+        id="probe.error", severity="warning", title="The probe could not read part of the environment",
+        seen=msg, why="Checks that need this fact cannot judge it.",
+        fix="Fix or reinstall the package named; rerun with MOE_ENV_DEBUG=1 for details.",
+    ) for msg in ctx.env.probe_errors]
+
+
+@generic("metadata")
+def metadata_errors(ctx: Context) -> List[Finding]:
+    out = []
+    for d in sorted(ctx.env.distributions.values(), key=lambda d: d.name):
+        if d.metadata_error:
+            out.append(Finding(
+                id="dist.metadata-unreadable", severity="warning",
+                title=f"{d.name}: installed metadata is broken",
+                seen=f"{d.name} in {d.location or '?'}: {d.metadata_error}",
+                why="pip and every resolver misjudge a distribution without readable METADATA; "
+                    "its requirements are unknown.",
+                fix=f"pip install --force-reinstall --no-deps {d.name}" + (f"=={d.version}" if parse_version(d.version) else ""),
+            ))
+    return out
+
+
+@generic("requirements")
+def unsatisfied_requirements(ctx: Context) -> List[Finding]:
+    env = ctx.env
+    marker_env = marker_environment(env)
+    out: List[Finding] = []
+    for d in sorted(env.distributions.values(), key=lambda d: d.name):
+        for line in d.requires:
+            if _EXTRA_ONLY.search(line) and " or " not in line:
+                continue
+            try:
+                req = Requirement(line)
+            except InvalidRequirement:
+                continue  # garbage in someone's METADATA is not this environment's problem
+            if req.marker is not None:
+                try:
+                    if not req.marker.evaluate(marker_env):
+                        continue
+                except (InvalidMarker, UndefinedComparison, UndefinedEnvironmentName):
+                    continue
+            dep = env.dist(req.name)
+            wanted = f"{req.name}{req.specifier}"
+            if dep is None:
+                out.append(Finding(
+                    id="deps.missing", severity="warning",
+                    title=f"{d.name} needs {req.name}, which is not installed",
+                    seen=f"{d.name} {d.version} requires {wanted}, which is not installed",
+                    why="Imports of the missing package fail at run time (`pip check` reports the same).",
+                    fix=f"pip install '{wanted}'",
+                    sources=[SRC_PIP_CHECK],
+                ))
+                continue
+            if not str(req.specifier):
+                continue
+            ok = spec_contains(str(req.specifier), dep.version)
+            if ok is False:
+                out.append(Finding(
+                    id="deps.conflict", severity="warning",
+                    title=f"{d.name} needs {wanted}; {dep.name} {dep.version} is installed",
+                    seen=f"{d.name} {d.version} requires {wanted}, but {dep.name} {dep.version} is installed",
+                    why="The package was released against other versions; it may fail or misbehave "
+                        "(`pip check` reports the same).",
+                    fix=f"pip install '{wanted}'  (or a {d.name} release that accepts {dep.name} {dep.version})",
+                    sources=[SRC_PIP_CHECK],
+                ))
+    return out
+
+
+@generic("conflicts")
+def known_conflicts(ctx: Context) -> List[Finding]:
+    """The matrix's [[conflict]] table: combinations that break for any project (numpy 2 with torch < 2.3...)."""
+    out = []
+    for c in ctx.matrix.conflicts:
+        seen = []
+        for pkg, spec in c.when.items():
+            version = ctx.env.version_of(pkg)
+            if version is None and normalize_name(pkg) == "torch" and ctx.env.torch is not None:
+                version = ctx.env.torch.version
+            if version is None or spec_contains(spec, version) is not True:
+                break
+            seen.append(f"{pkg} {version}")
+        else:
+            out.append(Finding(
+                id=c.id, severity=c.severity, title=c.title,
+                seen=" with ".join(seen) + " installed", why=c.why, fix=c.fix, sources=list(c.source),
+            ))
+    return out
+
+
+SRC_RECORD = ("https://packaging.python.org/en/latest/specifications/recording-installed-packages/ "
+              "each distribution's RECORD owns its files; a second installer run overwrites them")
+
+
+@generic("import-collisions")
+def import_collisions(ctx: Context) -> List[Finding]:
+    """Two distributions installing the same import package (grouped_gemm: nv-grouped-gemm vs grouped-gemm)."""
+    out = []
+    for key, ext in sorted(ctx.env.extensions.items()):
+        providers = list(dict.fromkeys(ext.providers or []))
+        if len(providers) < 2:
+            continue
+        name = ext.import_name or key
+        out.append(Finding(
+            id="dist.import-name-collision", severity="warning",
+            title=f"{len(providers)} distributions install the import name {name}",
+            seen=f"{', '.join(providers)} all provide `{name}`" + (f" (kept: {ext.distribution} {ext.version})" if ext.distribution else ""),
+            why="The last one installed overwrote the others' files; which code `import "
+                f"{name}` runs depends on install order, and uninstalling one breaks the other.",
+            fix=f"pip uninstall {' '.join(providers)} && pip install --no-build-isolation {providers[0]}  (keep one)",
+            sources=[SRC_RECORD],
+        ))
+    return out

@@ -1,0 +1,302 @@
+"""A restricted reader for the pickles inside torch checkpoints: key names and shapes, never code.
+
+`torch.save` writes a zip whose `data.pkl` rebuilds tensors through `torch._utils._rebuild_tensor_v2`
+and storages named by persistent ids; torch.distributed.checkpoint's `.metadata` is a pickle of
+dataclasses. A normal unpickler would import and call whatever the file names (`os.system` included).
+This one resolves only a short allow-list of globals, each to an inert stand-in defined here
+(TensorInfo, Record, OrderedDict...), and refuses every other global with `UnsafePickleError`
+before anything is called. torch need not be installed; nothing from the file is executed.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+
+class UnsafePickleError(Exception):
+    """The pickle names a global outside the allow-list (possibly hostile); nothing was executed."""
+
+
+class PickleFormatError(Exception):
+    """Not a readable pickle / torch zip archive."""
+
+
+@dataclass
+class StorageType:
+    """Stand-in for torch.FloatStorage, torch.BFloat16Storage...: only its dtype name."""
+
+    dtype: str
+
+
+@dataclass
+class StorageRef:
+    """Stand-in for a storage named by a persistent id (payload never read)."""
+
+    dtype: str
+    key: str
+    location: str
+    numel: int
+
+
+@dataclass
+class TensorInfo:
+    """What a tensor in the file looks like: dtype and shape, no data."""
+
+    dtype: str
+    shape: Tuple[int, ...]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(eq=False)  # hashable by identity: DCP uses MetadataIndex records as dict keys
+class Record:
+    """An inert object of an allowed class (argparse.Namespace, DCP metadata dataclasses, enums).
+
+    `args` holds what the pickle passed to the constructor, `state` what it passed to BUILD.
+    """
+
+    cls: str
+    args: Tuple[Any, ...] = ()
+    state: Any = None
+
+    def __setstate__(self, state: Any) -> None:  # called by pickle's BUILD; stores, never runs
+        if isinstance(state, tuple) and len(state) == 2 and (state[0] is None or isinstance(state[0], dict)):
+            merged: Dict[str, Any] = dict(state[0] or {})
+            merged.update(state[1] or {})
+            state = merged
+        self.state = state
+
+    def get(self, name: str, default: Any = None) -> Any:
+        if isinstance(self.state, dict):
+            return self.state.get(name, default)
+        return default
+
+
+def _record_class(qualname: str) -> type:
+    """A real class (NEWOBJ needs one) whose instances are Records named `qualname`."""
+
+    def _new(klass, *args, **kwargs):
+        return Record(qualname, tuple(args))
+
+    return type("Inert", (Record,), {"__new__": _new, "__qualname__": qualname})
+
+
+_DTYPE_OF_STORAGE = {
+    "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
+    "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
+    "ComplexFloatStorage": "complex64", "ComplexDoubleStorage": "complex128",
+    "Float8_e4m3fnStorage": "float8_e4m3fn", "Float8_e5m2Storage": "float8_e5m2",
+    "UntypedStorage": "uint8",
+}
+_TORCH_DTYPES = {
+    "float32", "float", "float64", "double", "float16", "half", "bfloat16", "int64", "long", "int32", "int",
+    "int16", "short", "int8", "uint8", "bool", "complex64", "complex128", "float8_e4m3fn", "float8_e5m2",
+    "uint16", "uint32", "uint64",
+}
+_TORCH_MISC = {"strided", "sparse_coo", "contiguous_format", "channels_last", "preserve_format"}
+
+
+def _rebuild_tensor(storage: Any, offset: Any = 0, size: Any = (), stride: Any = None, *rest: Any) -> TensorInfo:
+    dtype = storage.dtype if isinstance(storage, StorageRef) else "?"
+    return TensorInfo(dtype, tuple(int(s) for s in (size or ())))
+
+
+def _rebuild_parameter(data: Any, *rest: Any) -> Any:
+    return data
+
+
+def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
+    return func(*args) if callable(func) else func
+
+
+def _torch_size(items: Any = ()) -> Tuple[int, ...]:
+    return tuple(int(i) for i in items)
+
+
+def _codecs_encode(text: Any, encoding: str = "utf-8") -> bytes:
+    """protocol-2 pickles write bytes as `_codecs.encode(str, 'latin1')`; only text→bytes is done."""
+    if not isinstance(text, str) or encoding.lower().replace("-", "") not in ("latin1", "utf8"):
+        raise UnsafePickleError("_codecs.encode used with something other than text")
+    return text.encode(encoding)
+
+
+def _ordered_dict(*args: Any) -> "collections.OrderedDict[Any, Any]":
+    if args and not isinstance(args[0], (list, tuple, dict)):
+        raise UnsafePickleError("collections.OrderedDict built from something other than pairs")
+    return collections.OrderedDict(*args)
+
+
+def _inert_value(qualname: str) -> Any:
+    def make(*args: Any, **kwargs: Any) -> Record:
+        return Record(qualname, tuple(args))
+
+    return make
+
+
+_ALLOWED_FUNCS = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("torch", "Size"): _torch_size,
+    ("collections", "OrderedDict"): _ordered_dict,
+    ("_codecs", "encode"): _codecs_encode,
+    ("torch.serialization", "_get_layout"): _inert_value("torch.layout"),
+    ("pathlib", "PosixPath"): _inert_value("pathlib.PosixPath"),
+    ("pathlib", "WindowsPath"): _inert_value("pathlib.WindowsPath"),
+    ("numpy.core.multiarray", "_reconstruct"): _inert_value("numpy.ndarray"),
+    ("numpy._core.multiarray", "_reconstruct"): _inert_value("numpy.ndarray"),
+    ("numpy.core.multiarray", "scalar"): _inert_value("numpy.scalar"),
+    ("numpy._core.multiarray", "scalar"): _inert_value("numpy.scalar"),
+    ("numpy", "dtype"): _inert_value("numpy.dtype"),
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "slice"): slice,
+    ("builtins", "complex"): complex,
+}
+# classes that become Records (constructed with NEWOBJ or REDUCE, state set with BUILD)
+_RECORD_CLASSES = {
+    ("argparse", "Namespace"),
+    ("numpy", "ndarray"),
+    ("_io", "BytesIO"),
+    ("io", "BytesIO"),
+    ("torch.distributed.checkpoint.metadata", "Metadata"),
+    ("torch.distributed.checkpoint.metadata", "TensorStorageMetadata"),
+    ("torch.distributed.checkpoint.metadata", "BytesStorageMetadata"),
+    ("torch.distributed.checkpoint.metadata", "ChunkStorageMetadata"),
+    ("torch.distributed.checkpoint.metadata", "TensorProperties"),
+    ("torch.distributed.checkpoint.metadata", "MetadataIndex"),
+    ("torch.distributed.checkpoint.metadata", "StorageMeta"),
+    ("torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING"),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch.distributed.checkpoint.planner", "WriteItem"),
+}
+# whole namespaces whose classes (enums, config dataclasses) become Records: Megatron pickles its
+# enums (ModelType, AttnBackend...) inside `args`; XTuner/mmengine configs likewise.
+_RECORD_PREFIXES = ("megatron.", "transformer_engine.", "mmengine.config")
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, persistent: bool = True):
+        super().__init__(io.BytesIO(data))
+        self._persistent = persistent
+        self.globals_seen: List[str] = []
+        self._record_classes: Dict[str, type] = {}
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle hook
+        qual = f"{module}.{name}"
+        self.globals_seen.append(qual)
+        if (module, name) in _ALLOWED_FUNCS:
+            return _ALLOWED_FUNCS[(module, name)]
+        if module == "torch" and name in _DTYPE_OF_STORAGE:
+            return StorageType(_DTYPE_OF_STORAGE[name])
+        if module == "torch" and (name in _TORCH_DTYPES or name in _TORCH_MISC):
+            return f"torch.{name}"
+        if (module, name) in _RECORD_CLASSES or (module.startswith(_RECORD_PREFIXES) and name[:1].isupper()):
+            if qual not in self._record_classes:
+                self._record_classes[qual] = _record_class(qual)
+            return self._record_classes[qual]
+        raise UnsafePickleError(f"refused global {qual!r}: not on the allow-list of checkpoint types")
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not self._persistent:
+            raise UnsafePickleError("persistent id in a pickle that should have none")
+        # torch.save: ('storage', storage_type, key, location, numel)
+        if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage":
+            stype = pid[1]
+            dtype = stype.dtype if isinstance(stype, StorageType) else "?"
+            try:
+                numel = int(pid[4])
+            except (TypeError, ValueError):
+                numel = -1
+            return StorageRef(dtype, str(pid[2]), str(pid[3]), numel)
+        raise PickleFormatError(f"unknown persistent id {type(pid).__name__}")
+
+
+def restricted_loads(data: bytes, persistent: bool = True) -> Any:
+    """Unpickle `data` with the allow-list; raises UnsafePickleError or PickleFormatError, never runs code."""
+    try:
+        return RestrictedUnpickler(data, persistent=persistent).load()
+    except (UnsafePickleError, PickleFormatError):
+        raise
+    except RecursionError:
+        raise PickleFormatError("pickle nests too deeply") from None
+    except Exception as exc:  # truncated, corrupt, or an allowed stand-in given odd arguments
+        raise PickleFormatError(f"unreadable pickle ({type(exc).__name__}: {exc})") from None
+
+
+@dataclass
+class TorchArchive:
+    """What a torch.save zip holds, read without torch."""
+
+    path: str
+    obj: Any
+    members: List[str] = field(default_factory=list)
+
+
+def read_torch_file(path: str) -> TorchArchive:
+    """Read a `torch.save` file (zip format, torch >= 1.6) or a bare pickle; tensors become TensorInfo."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:2] == b"PK":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+                pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+                if not pkl:
+                    raise PickleFormatError("zip archive without data.pkl: not a torch.save file")
+                data = zf.read(pkl[0])
+        except zipfile.BadZipFile as exc:
+            raise PickleFormatError(f"damaged zip archive ({exc})") from None
+        return TorchArchive(path, restricted_loads(data), names)
+    if head[:1] == b"\x80":
+        with open(path, "rb") as fh:
+            data = fh.read()
+        return TorchArchive(path, _legacy_or_plain(data), [])
+    raise PickleFormatError("neither a zip archive nor a pickle")
+
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
+
+
+def _legacy_or_plain(data: bytes) -> Any:
+    """A bare pickle, or the pre-1.6 torch format: magic number, protocol, sys info, then the object
+    (storages follow as raw bytes and are never read)."""
+    unpickler = RestrictedUnpickler(data)
+    try:
+        first = unpickler.load()
+        if first != LEGACY_MAGIC:
+            return first
+        unpickler.load()  # protocol version
+        unpickler.load()  # sys_info
+        return unpickler.load()
+    except (UnsafePickleError, PickleFormatError):
+        raise
+    except Exception as exc:
+        raise PickleFormatError(f"unreadable pickle ({type(exc).__name__}: {exc})") from None
+
+
+def flatten_tensors(obj: Any, prefix: str = "", out: Optional[Dict[str, TensorInfo]] = None,
+                    depth: int = 0) -> Dict[str, TensorInfo]:
+    """Every TensorInfo under `obj` by dotted path (dicts and lists walked; Records not entered)."""
+    if out is None:
+        out = {}
+    if depth > 64:
+        return out
+    if isinstance(obj, TensorInfo):
+        out[prefix] = obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            flatten_tensors(v, f"{prefix}.{k}" if prefix else str(k), out, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            flatten_tensors(v, f"{prefix}.{i}" if prefix else str(i), out, depth + 1)
+    return out

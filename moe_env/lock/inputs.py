@@ -1,0 +1,74 @@
+"""What a fresh resolution is asked for: the stack's pins as requirements, the target, the indexes."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from moe_env.lock.indexes import default_index, torch_index_url
+from moe_env.resolver import Resolution
+
+# packages published per CUDA build beside torch, with the same local tag (+cu118)
+TORCH_FAMILY = ("torch", "torchvision", "torchaudio")
+
+
+@dataclass
+class LockInput:
+    requirements: List[str]  # "torch==2.1.2+cu118", "deepspeed==0.13.2"
+    python: str  # "3.10"
+    platform: str  # uv's --python-platform: "x86_64-manylinux_2_17"
+    index_url: Optional[str] = None  # None: the backend's default index
+    extra_index_urls: List[str] = field(default_factory=list)
+    excluded: List[str] = field(default_factory=list)  # source builds, installed after the lockfile
+
+    def requirements_in(self) -> str:
+        return "".join(r + "\n" for r in self.requirements)
+
+
+def norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def source_build_names(resolution: Resolution) -> List[str]:
+    """Normalised names of the stack's source builds (`flash-attn`, `megatron-core@<commit>` → megatron-core)."""
+    return [norm(s.split("@", 1)[0].strip()) for s in resolution.stack.source_builds]
+
+
+def lock_input(resolution: Resolution, index_url: Optional[str] = None, torch_index: Optional[str] = None) -> LockInput:
+    from moe_env.build_steps import excluded_from_lock
+
+    target = resolution.target
+    skip = set(excluded_from_lock(resolution))
+    reqs: List[str] = []
+    excluded: List[str] = []
+    for pkg, ver in resolution.stack.pins.items():
+        n = norm(pkg.split("[", 1)[0])  # a pin key may carry extras: "transformer-engine[core_cu13]"
+        if n in skip:
+            excluded.append(f"{pkg}=={ver}")
+            continue
+        if n == "torch" and target.torch:
+            ver = target.torch
+        elif n in TORCH_FAMILY and target.torch_index:
+            ver = f"{ver.split('+', 1)[0]}+{target.torch_index}"
+        reqs.append(f"{pkg}=={ver}")
+    extra = [torch_index_url(target.torch_index, torch_index)] if target.torch_index else []
+    return LockInput(
+        requirements=reqs,
+        python=target.python,
+        platform=_platform(resolution),
+        index_url=default_index(index_url),
+        extra_index_urls=extra,
+        excluded=excluded,
+    )
+
+
+# The oldest glibc a lockfile targets: RHEL/Rocky 8 and Ubuntu 20.04 have it. Some stacks' packages only
+# ship manylinux_2_24+ wheels (bitsandbytes 0.45), so torch's own floor (2.17 until 2.6) is too low.
+GLIBC_FLOOR = (2, 28)
+
+
+def _platform(resolution: Resolution) -> str:
+    torch_floor = tuple(int(x) for x in (resolution.target.glibc or "2.17").split("."))
+    major, minor = max(torch_floor, GLIBC_FLOOR)
+    return f"x86_64-manylinux_{major}_{minor}"

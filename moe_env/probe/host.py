@@ -1,0 +1,294 @@
+"""Host facts the target interpreter cannot know: NVIDIA driver, GPUs, nvcc, CUDA_HOME.
+
+They come from files first (/sys, /proc, CUDA_HOME/version.json), then from `nvidia-smi` / `nvcc`
+with timeouts, and can be replaced by environment variables for machines that have no GPU at build
+time (Docker builds, CI, login nodes):
+
+- MOE_ENV_CUDA_DRIVER_VERSION=550.54.15
+- MOE_ENV_GPUS=8.0x8 | H100:9.0 | A100:8.0x8 | H100x8 | "H100:9.0,A100" | none
+- MOE_ENV_NVCC_VERSION=12.1
+- MOE_ENV_HOSTNAME=node07 (the node's name in reports; containers often have random host names)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+from typing import List, Optional, Tuple
+
+from moe_env.environment import GPU, HostInfo
+from moe_env.errors import UsageError
+
+SYS_DRIVER = "/sys/module/nvidia/version"
+PROC_DRIVER = "/proc/driver/nvidia/version"
+PROC_GPUS = "/proc/driver/nvidia/gpus"
+NVIDIA_SMI_TIMEOUT = 10.0
+NVCC_TIMEOUT = 10.0
+
+_VERSION = re.compile(r"^\d+(\.\d+)*$")
+_DRIVER_IN_PROC = re.compile(r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)")
+_NVCC_RELEASE = re.compile(r"release (\d+\.\d+)")
+
+
+def gather_host(build_mode: bool = False, environ: Optional[dict] = None, root: str = "/") -> HostInfo:
+    """Probe this machine. `environ` and `root` exist for tests (a fake /sys and /proc under tmp_path)."""
+    env = os.environ if environ is None else environ
+    host = HostInfo(build_mode=build_mode, hostname=_hostname())
+    if (env.get("MOE_ENV_HOSTNAME") or "").strip():
+        host.hostname = env["MOE_ENV_HOSTNAME"].strip()
+        host.overrides.append("MOE_ENV_HOSTNAME")
+    _driver(host, env, root)
+    _gpus(host, env, root)
+    _nvcc(host, env, root)
+    return host
+
+
+def _hostname() -> Optional[str]:
+    try:
+        return socket.gethostname() or None
+    except OSError:
+        return None
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def _under(root: str, path: str) -> str:
+    return path if root in ("", "/") else os.path.join(root, path.lstrip("/"))
+
+
+# ---------------------------------------------------------------- driver
+
+
+def _driver(host: HostInfo, env, root: str) -> None:
+    override = (env.get("MOE_ENV_CUDA_DRIVER_VERSION") or "").strip()
+    if override:
+        if not _VERSION.match(override):
+            raise UsageError(f"MOE_ENV_CUDA_DRIVER_VERSION={override!r}: expected a driver version such as 550.54.15")
+        host.driver_version, host.driver_source = override, "MOE_ENV_CUDA_DRIVER_VERSION"
+        host.overrides.append("MOE_ENV_CUDA_DRIVER_VERSION")
+        return
+    text = _read(_under(root, SYS_DRIVER))
+    if text and _VERSION.match(text.strip()):
+        host.driver_version, host.driver_source = text.strip(), SYS_DRIVER
+        return
+    text = _read(_under(root, PROC_DRIVER))
+    if text:
+        m = _DRIVER_IN_PROC.search(text)
+        if m:
+            host.driver_version, host.driver_source = m.group(1), PROC_DRIVER
+            return
+        host.notes.append(f"{PROC_DRIVER}: no driver version in it")
+    # nvidia-smi may still know (containers without /sys/module); _gpus() fills it in.
+
+
+# ---------------------------------------------------------------- GPUs
+
+
+def parse_gpu_override(value: str) -> List[GPU]:
+    """MOE_ENV_GPUS: comma-separated `[NAME:]CC[xN]` or `NAME[xN]` items; `none` for no GPU."""
+    value = value.strip()
+    if value.lower() == "none":
+        return []
+    gpus: List[GPU] = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        count = 1
+        m = re.match(r"^(.*?)x(\d+)$", item)
+        if m and m.group(1):
+            item, count = m.group(1), int(m.group(2))
+        name, cc = _name_and_cc(item)
+        if count < 1 or count > 4096:
+            raise UsageError(f"MOE_ENV_GPUS: {count} GPUs in {item!r}? expected 1 to 4096")
+        for _ in range(count):
+            gpus.append(GPU(index=len(gpus), name=name, compute_capability=cc))
+    if not gpus:
+        raise UsageError(f"MOE_ENV_GPUS={value!r}: no GPU in it (use e.g. 8.0x8, H100:9.0, A100:8.0x8 or none)")
+    return gpus
+
+
+def _name_and_cc(item: str) -> Tuple[str, Optional[str]]:
+    def cc_of(text: str) -> Optional[str]:
+        text = text.strip().lower()
+        if text.startswith("sm_"):
+            text = text[3:]
+            if text.isdigit() and len(text) >= 2:
+                return f"{int(text[:-1])}.{text[-1]}"
+            return None
+        return text if re.match(r"^\d{1,2}\.\d$", text) else None
+
+    if ":" in item:
+        name, _, cc_text = item.partition(":")
+        cc = cc_of(cc_text)
+        if not name.strip() or cc is None:
+            raise UsageError(f"MOE_ENV_GPUS: cannot read {item!r}; expected NAME:CC such as H100:9.0")
+        return name.strip(), cc
+    cc = cc_of(item)
+    if cc is not None:
+        return f"sm_{cc.replace('.', '')} (MOE_ENV_GPUS)", cc
+    if not re.match(r"^[\w .()/+-]+$", item):
+        raise UsageError(f"MOE_ENV_GPUS: cannot read {item!r}; expected 8.0x8, H100:9.0 or A100:8.0x8")
+    return item.strip(), None
+
+
+def _gpus(host: HostInfo, env, root: str) -> None:
+    override = env.get("MOE_ENV_GPUS")
+    if override is not None and override.strip():
+        host.gpus = parse_gpu_override(override)
+        host.gpu_source = "MOE_ENV_GPUS"
+        host.overrides.append("MOE_ENV_GPUS")
+        return
+    smi = shutil.which("nvidia-smi", path=env.get("PATH"))
+    if smi:
+        _from_nvidia_smi(host, smi)
+        if host.gpus:
+            return
+    gpus = _gpus_from_proc(root)
+    if gpus:
+        host.gpus, host.gpu_source = gpus, PROC_GPUS
+
+
+def parse_nvidia_smi(text: str, with_cc: bool = True) -> Tuple[List[GPU], Optional[str]]:
+    """Rows of `--query-gpu=name,memory.total[,compute_cap],driver_version --format=csv,noheader,nounits`."""
+    gpus: List[GPU] = []
+    driver = None
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) < (4 if with_cc else 3) or not cells[0]:
+            continue
+        name, mem = cells[0], cells[1]
+        cc = cells[2] if with_cc else None
+        driver = cells[-1] if _VERSION.match(cells[-1]) else driver
+        mem_mib = int(float(mem.split()[0])) if re.match(r"^\d+(\.\d+)?( MiB)?$", mem) else None
+        gpus.append(GPU(index=len(gpus), name=name, memory_mib=mem_mib,
+                        compute_capability=cc if cc and re.match(r"^\d+\.\d+$", cc) else None))
+    return gpus, driver
+
+
+def _from_nvidia_smi(host: HostInfo, smi: str) -> None:
+    for with_cc in (True, False):  # drivers before ~510 do not know the compute_cap field
+        fields = "name,memory.total,compute_cap,driver_version" if with_cc else "name,memory.total,driver_version"
+        try:
+            proc = subprocess.run([smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
+                                  capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            host.notes.append(f"nvidia-smi did not answer within {NVIDIA_SMI_TIMEOUT:g}s (driver hung?)")
+            return
+        except OSError as exc:
+            host.notes.append(f"nvidia-smi could not run ({exc.strerror or exc})")
+            return
+        if proc.returncode == 0:
+            gpus, driver = parse_nvidia_smi(proc.stdout, with_cc)
+            host.gpus, host.gpu_source = gpus, "nvidia-smi"
+            if driver and not host.driver_version:
+                host.driver_version, host.driver_source = driver, "nvidia-smi"
+            return
+        if with_cc and "compute_cap" in (proc.stdout + proc.stderr):
+            continue
+        last = (proc.stdout.strip() or proc.stderr.strip() or f"exit {proc.returncode}").splitlines()[-1]
+        host.notes.append(f"nvidia-smi failed: {last}")
+        return
+
+
+def _gpus_from_proc(root: str) -> List[GPU]:
+    """/proc/driver/nvidia/gpus/*/information has `Model:` (no capability; the matrix maps names to it)."""
+    base = _under(root, PROC_GPUS)
+    try:
+        entries = sorted(os.listdir(base))
+    except OSError:
+        return []
+    gpus: List[GPU] = []
+    for entry in entries:
+        text = _read(os.path.join(base, entry, "information")) or ""
+        m = re.search(r"^Model:\s*(.+)$", text, re.M)
+        if m:
+            gpus.append(GPU(index=len(gpus), name=m.group(1).strip()))
+    return gpus
+
+
+# ---------------------------------------------------------------- nvcc / CUDA_HOME
+
+
+def _cuda_home(env, root: str = "/") -> Tuple[Optional[str], Optional[str]]:
+    """(CUDA_HOME, nvcc path) found as torch.utils.cpp_extension._find_cuda_home does (what JIT builds use):
+    CUDA_HOME or CUDA_PATH, else the folder above the `nvcc` on PATH (no symlink resolution), else /usr/local/cuda."""
+    home = env.get("CUDA_HOME") or env.get("CUDA_PATH")
+    nvcc_on_path = shutil.which("nvcc", path=env.get("PATH"))
+    if not home and nvcc_on_path:
+        home = os.path.dirname(os.path.dirname(nvcc_on_path))
+    if not home and os.path.isdir(_under(root, "/usr/local/cuda")):
+        home = _under(root, "/usr/local/cuda")
+    nvcc = None
+    if home and os.access(os.path.join(home, "bin", "nvcc"), os.X_OK):
+        nvcc = os.path.join(home, "bin", "nvcc")
+    elif nvcc_on_path:
+        nvcc = nvcc_on_path
+    return home, nvcc
+
+
+def _version_file(home: str) -> Optional[str]:
+    """CUDA_HOME/version.json (11.1+; cuda_nvcc entry) or version.txt ("CUDA Version 10.2.89")."""
+    text = _read(os.path.join(home, "version.json"))
+    if text:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = {}
+        for key in ("cuda_nvcc", "cuda"):
+            version = ((data.get(key) or {}) if isinstance(data, dict) else {}).get("version")
+            if isinstance(version, str) and re.match(r"^\d+\.\d+", version):
+                return version
+    text = _read(os.path.join(home, "version.txt"))
+    if text:
+        m = re.search(r"CUDA Version (\d+\.\d+(?:\.\d+)?)", text)
+        if m:
+            return m.group(1)
+    return None
+
+
+def major_minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def _nvcc(host: HostInfo, env, root: str = "/") -> None:
+    home, nvcc = _cuda_home(env, root)
+    host.cuda_home = home
+    host.nvcc_path = nvcc
+    override = (env.get("MOE_ENV_NVCC_VERSION") or "").strip()
+    if override:
+        if not re.match(r"^\d+\.\d+(\.\d+)*$", override):
+            raise UsageError(f"MOE_ENV_NVCC_VERSION={override!r}: expected a CUDA version such as 12.1")
+        host.nvcc_version = major_minor(override)
+        host.overrides.append("MOE_ENV_NVCC_VERSION")
+        return
+    if not nvcc:
+        return
+    if home and os.path.dirname(os.path.dirname(nvcc)) == home.rstrip(os.sep):
+        version = _version_file(home)
+        if version:
+            host.nvcc_version = major_minor(version)
+            return
+    try:
+        proc = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=NVCC_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        host.notes.append(f"{nvcc} --version did not answer within {NVCC_TIMEOUT:g}s")
+        return
+    except OSError as exc:
+        host.notes.append(f"{nvcc} could not run ({exc.strerror or exc})")
+        return
+    m = _NVCC_RELEASE.search(proc.stdout)
+    if m:
+        host.nvcc_version = m.group(1)
+    else:
+        host.notes.append(f"{nvcc} --version: no 'release X.Y' in its output")

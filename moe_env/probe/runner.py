@@ -1,0 +1,125 @@
+"""Run the probe script inside a target interpreter and turn its JSON into an Environment.
+
+The script (target.py) runs as `PYTHON -I -c <load target.py> --stdin`, the way uv queries interpreters:
+isolated from the user's PYTHON* variables and the current directory, so nothing but the target's
+own site-packages is seen. The caller's PYTHONPATH is handed over explicitly (as `extra_paths`),
+because a training run started from the same shell would see it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, List, Optional
+
+from moe_env.environment import Environment
+from moe_env.errors import MoeEnvError, UsageError
+from moe_env.probe.host import gather_host
+
+TARGET = Path(__file__).with_name("target.py")
+MARKER = "MOE_ENV_PROBE_JSON:"
+DEFAULT_TIMEOUT = 20.0
+# Load target.py through importlib rather than as a script: the target interpreter then keeps its bytecode in
+# __pycache__ (one file per Python version) instead of compiling ~1000 lines on every run (~13 ms of ~45 ms).
+_BOOTSTRAP = ("import importlib.util as u, sys; s = u.spec_from_file_location('moe_env_probe_target', {path!r}); "
+              "m = u.module_from_spec(s); s.loader.exec_module(m); sys.exit(m.main())")
+
+
+def resolve_python(python: Optional[str]) -> str:
+    """An interpreter path from `--python`: a file, a name on PATH, or a virtual environment's folder."""
+    if not python:
+        return sys.executable
+    path = os.path.expanduser(python)
+    if os.path.isdir(path):
+        for rel in ("bin/python", "bin/python3", "Scripts/python.exe"):
+            candidate = os.path.join(path, rel)
+            if os.path.isfile(candidate):
+                return candidate
+        raise UsageError(f"--python {python}: a folder without bin/python; give an interpreter or a virtual environment")
+    if os.sep not in path and not os.path.exists(path):
+        found = shutil.which(path)
+        if found is None:
+            raise UsageError(f"--python {python}: no such interpreter on PATH; give its full path")
+        return found
+    if not os.path.exists(path):
+        raise UsageError(f"--python {python}: no such file; give the target interpreter (e.g. /opt/venv/bin/python)")
+    if not os.access(path, os.X_OK):
+        raise UsageError(f"--python {python}: not executable; give the target interpreter")
+    return path
+
+
+def _extra_paths() -> List[str]:
+    value = os.environ.get("PYTHONPATH") or ""
+    return [os.path.abspath(p) for p in value.split(os.pathsep) if p]
+
+
+def run_target(python: str, symbols: Iterable[str], timeout: float) -> dict:
+    """Run target.py under `python`; return its JSON object or raise a one-line MoeEnvError."""
+    request = json.dumps({"symbols": list(symbols), "extra_paths": _extra_paths()})
+    cmd = [python, "-I", "-c", _BOOTSTRAP.format(path=str(TARGET)), "--stdin"]
+    try:
+        proc = subprocess.run(cmd, input=request, capture_output=True, text=True, timeout=timeout,
+                              errors="replace")
+    except subprocess.TimeoutExpired:
+        raise UsageError(f"--python {python}: the probe did not finish within {timeout:g}s "
+                         "(a hung file system or .pth file?); retry with a larger --timeout") from None
+    except PermissionError:
+        raise UsageError(f"--python {python}: permission denied; give an interpreter you may run") from None
+    except OSError as exc:
+        raise UsageError(f"--python {python}: cannot run it ({exc.strerror or exc}); "
+                         "is it a Python interpreter?") from None
+    data = _parse_output(proc.stdout)
+    if data is None:
+        raise UsageError(f"--python {python}: {_failure(proc)}")
+    return data
+
+
+def _parse_output(stdout: str) -> Optional[dict]:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(MARKER):
+            try:
+                data = json.loads(line[len(MARKER):])
+            except ValueError:
+                return None
+            return data if isinstance(data, dict) and isinstance(data.get("python"), dict) else None
+    return None
+
+
+def _failure(proc: subprocess.CompletedProcess) -> str:
+    err = (proc.stderr or "").strip()
+    last = err.splitlines()[-1].strip() if err else ""
+    if "Unknown option: -I" in err or "unknown option -I" in err.lower():
+        return "does not accept -I, so it is not Python 3 (the probe needs Python 3.8 or newer)"
+    if "moe-env probe: Python" in err:
+        return last.replace("moe-env probe: ", "")
+    if "SyntaxError" in err or "invalid syntax" in err:
+        return "not a Python 3.8+ interpreter (the probe needs Python 3.8 or newer)"
+    if proc.returncode != 0 and last:
+        if len(last) > 200:
+            last = last[:200] + "..."
+        return f"the probe failed (exit {proc.returncode}: {last}); is it a working Python 3.8+ interpreter?"
+    if proc.returncode != 0:
+        return f"the probe failed (exit {proc.returncode}, no output); is it a Python 3.8+ interpreter?"
+    return "did not print the probe's JSON; is it a Python 3.8+ interpreter?"
+
+
+def probe_environment(python: Optional[str] = None, symbols: Iterable[str] = (), build_mode: bool = False,
+                      timeout: float = DEFAULT_TIMEOUT) -> Environment:
+    """Probe the interpreter `python` (default: this one) and this host; never imports the target's packages."""
+    exe = resolve_python(python)
+    started = time.perf_counter()
+    data = run_target(exe, symbols, timeout)
+    seconds = time.perf_counter() - started
+    try:
+        env = Environment.from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MoeEnvError(f"--python {exe}: the probe's report does not fit this moe-env ({exc}); "
+                          "is target.py from the same moe-env version?") from None
+    env.host = gather_host(build_mode=build_mode)
+    env.probe_seconds = round(seconds, 4)
+    return env

@@ -1,0 +1,79 @@
+"""Presentation of findings: text for people (grouped by severity, coloured only on a terminal), JSON for machines.
+
+Nothing here decides anything; it only lays out what checks returned.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Iterable, List, Optional
+
+from moe_env.findings import Finding, sort_findings, summarize
+from moe_env.term import paint
+
+_GROUPS = [
+    ("error", "Errors", "red", "✗"),
+    ("warning", "Warnings", "yellow", "!"),
+    ("info", "Notes", "blue", "i"),
+]
+
+
+def render_findings(findings: Iterable[Finding], color: bool = False, header: Optional[str] = None,
+                    width: int = 100) -> str:
+    """The text report: a header line, findings grouped by severity (deferred ones last), a summary line."""
+    items = sort_findings(findings)
+    lines: List[str] = []
+    if header:
+        lines.append(paint(header, "bold", color))
+        lines.append("")
+    active = [f for f in items if not f.deferred]
+    deferred = [f for f in items if f.deferred]
+    for severity, label, colour, mark in _GROUPS:
+        group = [f for f in active if f.severity == severity]
+        if not group:
+            continue
+        lines.append(paint(f"{label} ({len(group)})", colour, color))
+        for f in group:
+            lines.extend(_finding_lines(f, mark, colour, color, width))
+        lines.append("")
+    if deferred:
+        lines.append(paint(f"Deferred to the node ({len(deferred)}): no driver/GPU at build time", "dim", color))
+        for f in deferred:
+            lines.extend(_finding_lines(f, "…", "dim", color, width))
+        lines.append("")
+    lines.append(summary_line(items, color))
+    return "\n".join(lines) + "\n"
+
+
+def _finding_lines(f: Finding, mark: str, colour: str, color: bool, width: int) -> List[str]:
+    out = [f"  {paint(mark, colour, color)} {paint(f.title, 'bold', color)}  {paint('[' + f.id + ']', 'dim', color)}"]
+    for label, text in (("seen", f.seen), ("why", f.why), ("fix", f.fix)):
+        if text:
+            out.extend(_wrapped(label, text, width))
+    for s in f.sources:
+        out.extend(_wrapped("source", s, width))
+    return out
+
+
+def _wrapped(label: str, text: str, width: int) -> List[str]:
+    prefix = f"      {label + ':':<8}"
+    if label in ("fix", "source"):  # commands and references: never re-flowed
+        return [prefix + text]
+    return textwrap.wrap(text, width=width, initial_indent=prefix, subsequent_indent=" " * len(prefix)) or [prefix]
+
+
+def summary_line(findings: Iterable[Finding], color: bool = False) -> str:
+    counts = summarize(findings)
+    parts = []
+    for key, colour in (("error", "red"), ("warning", "yellow"), ("info", "blue"), ("deferred", "dim")):
+        n = counts.get(key, 0)
+        word = {"error": "error", "warning": "warning", "info": "note", "deferred": "deferred"}[key]
+        text = f"{n} {word}{'s' if n != 1 and key != 'deferred' else ''}"
+        parts.append(paint(text, colour, color and n > 0))
+    if counts.get("error", 0) == 0 and counts.get("warning", 0) == 0:
+        verdict = paint("OK", "green", color)
+    elif counts.get("error", 0) == 0:
+        verdict = paint("OK with warnings", "yellow", color)
+    else:
+        verdict = paint("PROBLEMS", "red", color)
+    return f"{verdict}: " + ", ".join(parts)

@@ -1,0 +1,184 @@
+"""Source-build steps: which packages, which environment, and a script that really runs (with fake
+nvcc/python/ninja on PATH standing in for the toolchain)."""
+
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from lock_support import write_matrix
+from moe_env.build_steps import build_steps, excluded_from_lock, flash_attn_wheel, render_script
+from moe_env.cli import main
+from moe_env.environment import GPU, HostInfo
+from moe_env.lock.inputs import lock_input
+from moe_env.matrix.loader import load_matrix
+from moe_env.resolver import resolve
+
+
+@pytest.fixture
+def matrix(tmp_path):
+    return load_matrix(write_matrix(tmp_path / "matrix"))
+
+
+def test_flash_attn_without_a_matching_wheel_is_compiled(matrix):
+    r = resolve(matrix, "toy", gpu_archs=["8.0", "9.0"])  # torch 2.1 + flash-attn 2.5.8: wheels only for 2.2/2.3
+    assert flash_attn_wheel(r, "2.5.8")[0] is False
+    (step,) = build_steps(r)
+    assert step.package == "flash-attn" and step.version == "2.5.8"
+    assert "no prebuilt flash-attn 2.5.8 wheel matches torch 2.1, CUDA 12.1, Python 3.11, cxx11abiFALSE" in step.reason
+    assert step.env["FLASH_ATTENTION_FORCE_BUILD"] == "TRUE"
+    assert step.env["TORCH_CUDA_ARCH_LIST"] == "8.0;9.0"
+    assert step.env["MAX_JOBS"].startswith("${MAX_JOBS:-")
+    assert any("nvcc --version" in p and '= "12"' in p for p in step.preconditions)  # nvcc major = torch's
+    assert any("ninja" in p for p in step.preconditions)
+    assert step.commands == ['"$PYTHON" -m pip install --no-build-isolation --no-cache-dir flash-attn==2.5.8']
+    assert "flash_attn_2_cuda" in step.verify[0]
+
+
+def test_flash_attn_with_a_matching_wheel_is_fetched_not_compiled(matrix):
+    r = resolve(matrix, "toy", variant="new", gpu_archs=["9.0"])  # torch 2.8, CUDA 12.8 ~ cu12, py 3.11
+    ok, why = flash_attn_wheel(r, "2.8.3")
+    assert ok is True and "publishes a prebuilt wheel for torch 2.8" in why
+    fa = [s for s in build_steps(r) if s.package == "flash-attn"][0]
+    assert "FLASH_ATTENTION_FORCE_BUILD" not in fa.env
+    assert fa.commands == ['"$PYTHON" -m pip install --no-build-isolation flash-attn==2.8.3']
+
+
+def test_python_outside_the_wheel_matrix_compiles(matrix):
+    r = resolve(matrix, "toy", variant="new", python="3.13")
+    assert flash_attn_wheel(r, "2.8.3")[0] is True  # 3.13 is in the fixture's wheel list
+    r = resolve(matrix, "toy", variant="new", python="3.9")
+    assert flash_attn_wheel(r, "2.8.3")[0] is True
+    r = resolve(matrix, "toy", python="3.8")
+    assert flash_attn_wheel(r, "2.5.8")[0] is False
+
+
+def test_deepspeed_ops_and_a_commit_build(matrix):
+    r = resolve(matrix, "toy", variant="new", gpu_archs=["sm_90"])
+    steps = build_steps(r)
+    assert [s.package for s in steps] == ["deepspeed", "megatron-core", "flash-attn"]
+    ds, meg, _ = steps
+    assert ds.env["DS_BUILD_FUSED_ADAM"] == "1" and ds.env["DS_BUILD_CPU_ADAM"] == "1"
+    assert ds.env["TORCH_CUDA_ARCH_LIST"] == "9.0"
+    assert "--no-build-isolation --no-deps --force-reinstall" in ds.commands[0] and "deepspeed==0.13.2" in ds.commands[0]
+    assert "installed_ops" in ds.verify[0]
+    assert "git+https://github.com/NVIDIA/Megatron-LM@0123456789abcdef0123456789abcdef01234567" in meg.commands[0]
+    assert "import megatron.core" in meg.verify[0]
+    # the lockfile keeps deepspeed (its dependencies get hashes) and leaves out what cannot resolve without torch
+    assert excluded_from_lock(r) == ["megatron-core", "flash-attn"]
+    reqs = lock_input(r).requirements
+    assert "deepspeed==0.13.2" in reqs and not any(x.startswith(("flash-attn", "megatron")) for x in reqs)
+
+
+def test_arch_list_defaults_to_the_host_then_the_torch_build(matrix):
+    host = SimpleNamespace(host=HostInfo(driver_version="550.54.15", gpus=[GPU(0, "A100", "8.0"), GPU(1, "H100", "9.0")]))
+    r = resolve(matrix, "toy", cuda="auto", env=host)
+    assert build_steps(r)[0].env["TORCH_CUDA_ARCH_LIST"] == "8.0;9.0"
+    r = resolve(matrix, "toy")
+    assert build_steps(r)[0].env["TORCH_CUDA_ARCH_LIST"] == "5.0;6.0;7.0;7.5;8.0;8.6;9.0"
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+echo "python $* MAX_JOBS=${MAX_JOBS:-} FORCE=${FLASH_ATTENTION_FORCE_BUILD:-} ARCH=${TORCH_CUDA_ARCH_LIST:-}" >> "$LOG"
+exit 0
+"""
+
+
+def _toolchain(tmp_path, nvcc_release):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "nvcc").write_text(f'#!/usr/bin/env bash\necho "Cuda compilation tools, release {nvcc_release}, V{nvcc_release}.0"\n')
+    (bin_dir / "ninja").write_text("#!/usr/bin/env bash\necho 1.11.1\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return bin_dir
+
+
+def _run_script(tmp_path, script, bin_dir):
+    path = tmp_path / "build.sh"
+    path.write_text(script)
+    log = tmp_path / "log"
+    log.write_text("")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "LOG": str(log), "PYTHON": str(bin_dir / "python"), "HOME": str(tmp_path)}
+    proc = subprocess.run(["bash", str(path)], capture_output=True, text=True, env=env, timeout=60)
+    return proc, log.read_text()
+
+
+def test_script_runs_steps_and_verifies(matrix, tmp_path):
+    script = render_script(build_steps(resolve(matrix, "toy", gpu_archs=["8.0"])))
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    proc, log = _run_script(tmp_path, script, _toolchain(tmp_path, "12.4"))
+    assert proc.returncode == 0, proc.stderr
+    install = [ln for ln in log.splitlines() if "-m pip install" in ln]
+    assert len(install) == 1 and "flash-attn==2.5.8" in install[0]
+    assert "FORCE=TRUE" in install[0] and "ARCH=8.0" in install[0]
+    jobs = int(install[0].split("MAX_JOBS=")[1].split()[0])
+    assert jobs >= 1  # sized from /proc/meminfo and nproc
+    assert "flash_attn_2_cuda" in log.splitlines()[-1]  # the verification ran last
+    assert "all steps built and verified" in proc.stderr
+
+
+def test_script_stops_on_an_nvcc_major_mismatch(matrix, tmp_path):
+    script = render_script(build_steps(resolve(matrix, "toy")))
+    proc, log = _run_script(tmp_path, script, _toolchain(tmp_path, "11.8"))
+    assert proc.returncode == 1
+    assert "flash-attn: precondition on line" in proc.stderr
+    assert "-m pip install" not in log  # nothing was built
+
+
+def test_empty_plan_renders_a_harmless_script(matrix, tmp_path):
+    r = resolve(matrix, "toy")
+    r.stack.pins.pop("flash-attn")
+    assert build_steps(r) == []
+    proc = subprocess.run(["bash", "-c", render_script([])], capture_output=True, text=True)
+    assert proc.returncode == 0 and "nothing to build" in proc.stderr
+
+
+def test_cli_json_and_output(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MOE_ENV_MATRIX", str(write_matrix(tmp_path / "m")))
+    assert main(["build-steps", "toy", "--model", "new", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["resolution"]["stack"] == "toy-new-cu128"
+    assert [s["package"] for s in doc["steps"]] == ["deepspeed", "megatron-core", "flash-attn"]
+    out = tmp_path / "b.sh"
+    assert main(["build-steps", "toy", "--gpu-arch", "8.0", "-o", str(out)]) == 0
+    assert out.read_text().startswith("#!/usr/bin/env bash") and os.access(out, os.X_OK)
+    assert main(["build-steps", "toy", "--gpu-arch", "9.0", "-o", str(out)]) == 2  # differs, no --force
+    assert "exists and differs" in capsys.readouterr().err
+    assert main(["build-steps", "toy", "--cuda", "99.9"]) == 2
+
+
+def test_live_release_check_overrides_the_matrix(matrix, tmp_path, monkeypatch):
+    import http.server
+    import threading
+
+    (tmp_path / "rel").mkdir()
+    assets = {"assets": [{"name": "flash_attn-2.5.8+cu122torch2.1cxx11abiFALSE-cp311-cp311-linux_x86_64.whl"},
+                         {"name": "flash_attn-2.5.8+cu118torch2.1cxx11abiFALSE-cp311-cp311-linux_x86_64.whl"}]}
+    (tmp_path / "rel" / "v2.5.8.json").write_text(json.dumps(assets))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a, **k: Quiet(*a, directory=str(tmp_path / "rel"), **k))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("MOE_ENV_FLASH_ATTN_RELEASES", f"http://127.0.0.1:{server.server_address[1]}/v{{version}}.json")
+        r = resolve(matrix, "toy")  # the matrix says: no wheel for torch 2.1
+        (step,) = build_steps(r, live=True)
+        assert "release assets include flash_attn-2.5.8+cu122torch2.1cxx11abiFALSE-cp311" in step.reason
+        assert "FLASH_ATTENTION_FORCE_BUILD" not in step.env
+        r = resolve(matrix, "toy", python="3.10")  # no cp310 asset: compile
+        (step,) = build_steps(r, live=True)
+        assert "checked live, 2 assets" in step.reason and step.env["FLASH_ATTENTION_FORCE_BUILD"] == "TRUE"
+    finally:
+        server.shutdown()
+        server.server_close()
+    monkeypatch.setenv("MOE_ENV_FLASH_ATTN_RELEASES", "http://127.0.0.1:9/v{version}.json")
+    (step,) = build_steps(resolve(matrix, "toy"), live=True)
+    assert "live check of the release assets failed" in step.reason and step.env["FLASH_ATTENTION_FORCE_BUILD"] == "TRUE"

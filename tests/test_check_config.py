@@ -1,0 +1,417 @@
+"""`moe-env check-config`: launch lines and DeepSpeed configs for each rule of the shipped matrix, good and bad.
+
+Rules are found in the shipped matrix by kind (and a distinguishing param), so the tests follow the
+data the project files carry rather than hard-coding rule ids.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ckpt_support import write_megatron_legacy, write_torch_dist
+from moe_env.checks import resolve_variants
+from moe_env.config_rules import KINDS, LaunchConfig, parse_launch, run_rules
+from moe_env.matrix.loader import load_matrix
+
+
+def project(name):
+    p = load_matrix().project(name)
+    if p is None:
+        pytest.skip(f"project {name} not in the shipped matrix")
+    return p
+
+
+def rule_id(name, kind, **params):
+    for r in project(name).rules:
+        if r.kind == kind and all(r.params.get(k) == v for k, v in params.items()):
+            return f"{project(name).name}.{r.id}"
+    pytest.skip(f"{name} has no {kind} rule with {params}")
+
+
+def judge(name, launch, ds=None, installed=None, gpus=(), world=None, env=None, variants=None):
+    p = project(name)
+    flags, positional = parse_launch(launch.split() if isinstance(launch, str) else launch)
+    cfg = LaunchConfig(project=p, variants=resolve_variants(p, variants or []), flags=flags, positional=positional,
+                       deepspeed=ds, deepspeed_path="ds.json" if ds is not None else None, installed=installed,
+                       gpu_capabilities=list(gpus), world_size=world, env=env or {})
+    findings, unknown = run_rules(cfg)
+    assert not unknown, f"rule kinds without a function: {unknown}"
+    return {f.id for f in findings}
+
+
+def test_every_shipped_rule_kind_is_registered():
+    kinds = {r.kind for p in load_matrix().projects.values() for r in p.rules}
+    assert kinds, "the shipped matrix has no [[rule]] entries"
+    assert kinds <= set(KINDS), kinds - set(KINDS)
+
+
+def test_parse_launch_multi_value_equals_and_bare_flags():
+    flags, pos = parse_launch(["deepspeed", "train.py", "--train_modules", "fc1", "fc2", "wg", "--bf16",
+                               "--lr=2e-5", "--moe-grouped-gemm"])
+    assert pos == ["deepspeed", "train.py"]
+    assert flags["train_modules"] == ["fc1", "fc2", "wg"] and flags["bf16"] == [] and flags["lr"] == ["2e-5"]
+    assert "moe_grouped_gemm" in flags
+
+
+# ------------------------------------------------------------------ MoE-LLaVA / DeepSpeed-MoE
+
+MOE = "--moe_enable True --num_experts 4 --top_k_experts 2 --model_name_or_path ./checkpoints/llavaphi-2.7b-finetune --train_modules fc1 fc2 wg"
+ZERO2 = {"zero_optimization": {"stage": 2, "overlap_comm": False, "contiguous_gradients": True}, "bf16": {"enabled": "auto"}}
+ZERO3 = {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}}
+
+
+def test_zero3_with_moe_layers_refused():
+    rid = rule_id("moe-llava", "zero_stage")
+    assert rid in judge("moe-llava", MOE, ds=ZERO3)
+    assert rid not in judge("moe-llava", MOE, ds=ZERO2)
+    assert rid not in judge("moe-llava", MOE.replace("--moe_enable True", "--moe_enable False"), ds=ZERO3)
+
+
+def test_moe_stage2_needs_contiguous_gradients_and_reduce_scatter():
+    cg = rule_id("moe-llava", "deepspeed_value", key="zero_optimization.contiguous_gradients")
+    rs = rule_id("moe-llava", "deepspeed_value", key="zero_optimization.reduce_scatter")
+    bad = {"zero_optimization": {"stage": 2, "contiguous_gradients": False, "reduce_scatter": False}}
+    got = judge("moe-llava", MOE, ds=bad)
+    assert cg in got and rs in got
+    fine = judge("moe-llava", MOE, ds={"zero_optimization": {"stage": 2}})  # DeepSpeed's defaults are true
+    assert cg not in fine and rs not in fine
+
+
+def test_optimizer_block_bypasses_moe_param_groups():
+    rid = rule_id("moe-llava", "deepspeed_has_key", key="optimizer")
+    ds = dict(ZERO2, optimizer={"type": "AdamW", "params": {"lr": "auto"}})
+    assert rid in judge("moe-llava", MOE, ds=ds, installed={"deepspeed": "0.9.5"})
+    assert rid in judge("moe-llava", MOE, ds=ds, installed=None)  # version unknown: still warned
+    assert rid not in judge("moe-llava", MOE, ds=ds, installed={"deepspeed": "0.16.4"})  # regroups itself
+    assert rid not in judge("moe-llava", MOE, ds=ZERO2, installed={"deepspeed": "0.9.5"})
+
+
+@pytest.mark.parametrize("path,modules,bad", [
+    ("./checkpoints/llavaphi-2.7b-finetune", "fc1 fc2 wg", False),
+    ("./checkpoints/llavaphi-2.7b-finetune", "mlp.w1 mlp.w2 mlp.c_proj wg", True),
+    # issue 17: the qwen script shipped with the phi names
+    ("./checkpoints/llavaqwen-1.8b-finetune", "fc1 fc2 wg", True),
+    ("./checkpoints/llavaqwen-1.8b-finetune", "mlp.w1 mlp.w2 mlp.c_proj wg", False),
+    # issue 44: Qwen1.5 with the Qwen v1 names
+    ("./checkpoints/llavaqwen1.5-1.8b-finetune", "mlp.w1 mlp.w2 mlp.c_proj wg", True),
+    ("./checkpoints/llavaqwen1.5-1.8b-finetune", "gate_proj up_proj down_proj wg", False),
+    ("./checkpoints/llavastablelm-1.6b-finetune", "wg", True),
+])
+def test_train_modules_against_backbone(path, modules, bad):
+    rid = rule_id("moe-llava", "train_modules_match")
+    got = judge("moe-llava", f"--moe_enable True --model_name_or_path {path} --train_modules {modules}", ds=ZERO2)
+    assert (rid in got) is bad
+
+
+def test_bf16_on_pre_ampere():
+    rid = rule_id("moe-llava", "bf16_capability")
+    assert rid in judge("moe-llava", MOE + " --bf16 True", gpus=["7.0"] * 8)
+    assert rid not in judge("moe-llava", MOE + " --bf16 True", gpus=["8.0"] * 8)
+    assert rid not in judge("moe-llava", MOE + " --bf16 False --fp16 True", gpus=["7.0"])
+    assert rid in judge("moe-llava", MOE, ds={"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}, gpus=["7.5"])
+    assert rid not in judge("moe-llava", MOE + " --bf16 True")  # no GPU known: nothing claimed
+
+
+def test_ep_size_divides_experts_and_world():
+    rid = rule_id("moe-llava", "ep_divides")
+    assert rid in judge("moe-llava", MOE + " --ep_size 3", world=6)
+    assert rid in judge("moe-llava", MOE + " --ep_size 2", world=3)
+    assert rid not in judge("moe-llava", MOE + " --ep_size 2", world=8)
+    assert rid not in judge("moe-llava", MOE + " --ep_size 1", world=3)
+
+
+def test_plain_python_launch_instead_of_deepspeed():
+    rid = rule_id("moe-llava", "launcher")
+    assert rid in judge("moe-llava", "python moellava/serve/cli.py --model-path x")
+    assert rid not in judge("moe-llava", "deepspeed --include localhost:0 moellava/serve/cli.py --model-path x")
+    assert rid not in judge("moe-llava", "--model-path x")  # only the script's arguments: not judged
+
+
+# ------------------------------------------------------------------ MiniGemini model-path rules
+
+
+@pytest.mark.parametrize("path,kind_params,hit", [
+    ("mistralai/Mixtral-8x7B-Instruct-v0.1", {"matches": "(?i)mistral"}, True),
+    ("model_zoo/LLM/mixtral/Mixtral-8x7B-Instruct-v0.1", {"matches": "(?i)mistral"}, False),
+    ("model_zoo/LLM/Mixtral-8x7B-Instruct-v0.1", {"not_matches": "mixtral"}, True),  # case rule (pre PR 62)
+    ("model_zoo/LLM/mixtral-8x7b-instruct", {"not_matches": "mixtral"}, False),
+    ("lmsys/vicuna-7b-v1.5", {}, True),  # 8x7b recipe on a path without mixtral
+])
+def test_mgm_model_path_rules(path, kind_params, hit):
+    p = project("minigemini")
+    if kind_params:
+        rid = rule_id("minigemini", "arg_regex", flag="model_name_or_path", **kind_params)
+    else:
+        rid = next(f"{p.name}.{r.id}" for r in p.rules if r.kind == "arg_regex"
+                   and r.params.get("flag") == "model_name_or_path" and "gemma" in r.params.get("not_matches", ""))
+    got = judge("minigemini", f"--model_name_or_path {path} --vision_tower model_zoo/OpenAI/clip-vit-large-patch14-336",
+                variants=["8x7b"])
+    assert (rid in got) is hit
+
+
+def test_mgm_zero3_gather_on_save():
+    rid = rule_id("minigemini", "deepspeed_value", key="zero_optimization.stage3_gather_16bit_weights_on_model_save")
+    assert rid in judge("minigemini", "--model_name_or_path model_zoo/mixtral", ds={"zero_optimization": {"stage": 3}})
+    assert rid not in judge("minigemini", "--model_name_or_path model_zoo/mixtral", ds=ZERO3)
+    assert rid not in judge("minigemini", "--model_name_or_path model_zoo/mixtral", ds=ZERO2)
+
+
+# ------------------------------------------------------------------ Megatron
+
+
+TE_NEW = {"transformer-engine": "1.10.0", "megatron-core": "0.10.0", "nv-grouped-gemm": "1.1.4.post8"}
+TE_OLD = {"transformer-engine": "1.7.0", "megatron-core": "0.10.0", "grouped-gemm": "1.1.4"}
+
+
+@pytest.mark.parametrize("layout,flags,installed,hit", [
+    ("sequential", "--moe-grouped-gemm --bf16", TE_NEW, True),  # issue 924: converter output + example script
+    ("sequential", "--bf16", TE_NEW, False),
+    ("sequential", "--moe-grouped-gemm --bf16", None, True),  # TE unknown: any grouped class mismatches
+    ("te-grouped", "--moe-grouped-gemm --bf16", TE_NEW, False),
+    ("te-grouped", "--moe-grouped-gemm --bf16", TE_OLD, True),  # old TE builds legacy GroupedMLP
+    ("te-grouped", "--bf16", TE_NEW, True),
+    ("grouped", "--moe-grouped-gemm --bf16", TE_OLD, False),
+    ("grouped", "--moe-grouped-gemm --moe-use-legacy-grouped-gemm --bf16", TE_NEW, False),
+    ("grouped", "--moe-grouped-gemm --bf16", TE_NEW, True),
+    # Transformer Engine known to be absent: --moe-grouped-gemm builds the legacy GroupedMLP (core < 0.17) ...
+    ("grouped", "--moe-grouped-gemm --bf16", {"megatron-core": "0.10.0", "grouped-gemm": "1.1.4"}, False),
+    ("te-grouped", "--moe-grouped-gemm --bf16", {"megatron-core": "0.10.0", "grouped-gemm": "1.1.4"}, True),
+    # ... and SequentialMLP from core 0.17, which has no GroupedMLP any more
+    ("sequential", "--moe-grouped-gemm --bf16", {"megatron-core": "0.17.0"}, False),
+])
+def test_grouped_gemm_flag_against_checkpoint_layout(tmp_path, layout, flags, installed, hit):
+    rid = rule_id("megatron", "megatron_grouped_gemm_layout")
+    root = write_megatron_legacy(tmp_path / "ckpt", layout, experts=8)
+    got = judge("megatron", f"pretrain_gpt.py --num-experts 8 {flags} --load {root}", installed=installed)
+    assert (rid in got) is hit
+
+
+def test_torch_dist_checkpoint_loads_across_layouts(tmp_path):
+    rid = rule_id("megatron", "megatron_grouped_gemm_layout")
+    root = tmp_path / "ckpt"
+    write_torch_dist(root / "iter_0000010", layers=2, experts=8)
+    (root / "latest_checkpointed_iteration.txt").write_text("10")
+    for flags in ("--moe-grouped-gemm --bf16", "--bf16"):
+        assert rid not in judge("megatron", f"--num-experts 8 {flags} --load {root}", installed=TE_NEW)
+
+
+def test_grouped_gemm_backend_installed():
+    rid = rule_id("megatron", "megatron_grouped_gemm_backend")
+    assert rid in judge("megatron", "--moe-grouped-gemm --bf16", installed={"megatron-core": "0.10.0"})
+    assert rid not in judge("megatron", "--moe-grouped-gemm --bf16", installed=TE_NEW)
+    assert rid not in judge("megatron", "--moe-grouped-gemm --bf16", installed={"grouped-gemm": "1.1.4", "megatron-core": "0.10.0"})
+    assert rid in judge("megatron", "--moe-grouped-gemm --bf16", installed={"grouped-gemm": "1.1.4", "megatron-core": "0.17.0"})
+    assert rid not in judge("megatron", "--bf16", installed={})
+
+
+def test_grouped_gemm_needs_bf16_on_older_core():
+    rid = rule_id("megatron", "flag_requires_flag", flag="--moe-grouped-gemm")
+    assert rid in judge("megatron", "--moe-grouped-gemm --fp16", installed={"megatron-core": "0.10.0"})
+    assert rid not in judge("megatron", "--moe-grouped-gemm --bf16", installed={"megatron-core": "0.10.0"})
+    assert rid not in judge("megatron", "--moe-grouped-gemm --fp16", installed={"megatron-core": "0.16.0"})
+
+
+def test_tp_and_ep_need_sequence_parallel():
+    rid = next(f"megatron.{r.id}" for r in project("megatron").rules
+               if r.kind == "flag_requires_flag" and r.params.get("when_arg_gt"))
+    assert rid in judge("megatron", "--tensor-model-parallel-size 2 --expert-model-parallel-size 4")
+    assert rid not in judge("megatron", "--tensor-model-parallel-size 2 --expert-model-parallel-size 4 --sequence-parallel")
+    assert rid not in judge("megatron", "--tensor-model-parallel-size 2 --expert-model-parallel-size 1")
+
+
+def test_bf16_and_grouped_gemm_below_sm80():
+    rid = rule_id("megatron", "gpu_capability_for_flags")
+    assert rid in judge("megatron", "--moe-grouped-gemm --bf16", gpus=["7.0"])
+    assert rid not in judge("megatron", "--moe-grouped-gemm --bf16", gpus=["9.0"])
+    assert rid not in judge("megatron", "--fp16", gpus=["7.0"])
+
+
+def test_expert_parallel_with_fp16():
+    rid = rule_id("megatron", "flag_conflict")
+    assert rid in judge("megatron", "--fp16 --expert-model-parallel-size 2", installed={"megatron-core": "0.10.0"})
+    assert rid not in judge("megatron", "--fp16 --expert-model-parallel-size 1", installed={"megatron-core": "0.10.0"})
+    assert rid not in judge("megatron", "--fp16 --expert-model-parallel-size 2", installed={"megatron-core": "0.16.0"})
+
+
+def test_legacy_grouped_flag_removed_in_new_core():
+    rid = rule_id("megatron", "flag_version")
+    assert rid in judge("megatron", "--moe-grouped-gemm --moe-use-legacy-grouped-gemm", installed={"megatron-core": "0.17.0"})
+    assert rid not in judge("megatron", "--moe-grouped-gemm --moe-use-legacy-grouped-gemm", installed={"megatron-core": "0.12.0"})
+    assert rid not in judge("megatron", "--moe-grouped-gemm --moe-use-legacy-grouped-gemm", installed=None)
+
+
+def test_cuda_device_max_connections():
+    rid = rule_id("megatron", "env_required")
+    assert rid in judge("megatron", "--tensor-model-parallel-size 2", env={})
+    assert rid not in judge("megatron", "--tensor-model-parallel-size 2", env={"CUDA_DEVICE_MAX_CONNECTIONS": "1"})
+    assert rid not in judge("megatron", "--tensor-model-parallel-size 1", env={})
+    assert rid not in judge("megatron", "--tensor-model-parallel-size 2", env={}, gpus=["10.0"])
+
+
+def test_megatron_ep_divides_experts_and_world():
+    rid = rule_id("megatron", "ep_divides")
+    assert rid in judge("megatron", "--num-experts 8 --expert-model-parallel-size 3")
+    assert rid in judge("megatron", "--num-experts 8 --expert-model-parallel-size 8 --pipeline-model-parallel-size 4", world=16)
+    assert rid not in judge("megatron", "--num-experts 8 --expert-model-parallel-size 8 --pipeline-model-parallel-size 4", world=32)
+    # world size from torchrun's own flags: 4 GPUs x 1 node cannot hold EP 8
+    assert rid in judge("megatron", "torchrun --nproc_per_node 4 --nnodes 1 pretrain_gpt.py --num-experts 8 --expert-model-parallel-size 8")
+    assert rid not in judge("megatron", "torchrun --nproc_per_node 8 --nnodes 2 pretrain_gpt.py --num-experts 8 --expert-model-parallel-size 8")
+
+
+# ------------------------------------------------------------------ XTuner (Python training configs read with ast)
+
+XTUNER_CONFIG = """\
+from xtuner.engine.hooks import EvaluateChatHook, HFCheckpointHook
+from xtuner.model.transformers_models.deepseek_v2 import DeepseekV2ForCausalLM
+use_varlen_attn = {varlen}
+sequence_parallel_size = {sp}
+model = dict(type=SupervisedFinetune, use_varlen_attn=use_varlen_attn,
+             llm=dict(type=DeepseekV2ForCausalLM.from_pretrained, pretrained_model_name_or_path='deepseek-ai/DeepSeek-V2-Lite',
+                      moe_implementation='shard', expert_in_one_shard={shard}, n_routed_experts=64))
+custom_hooks = [dict(type=HFCheckpointHook){hooks}]
+"""
+
+
+def xtuner_judge(tmp_path, varlen=False, sp=1, shard=8, hooks="", installed=None, world=None, ds=None, extra=""):
+    from moe_env.config_rules import read_training_config
+
+    cfg_file = tmp_path / "deepseek_v2_lite_chat_full_alpaca_e3.py"
+    cfg_file.write_text(XTUNER_CONFIG.format(varlen=varlen, sp=sp, shard=shard, hooks=hooks))
+    p = project("xtuner")
+    flags, positional = parse_launch(f"xtuner train {cfg_file} {extra}".split())
+    cfg = LaunchConfig(project=p, variants=resolve_variants(p, ["deepseek-v2-lite"]), flags=flags, positional=positional,
+                       installed=installed, world_size=world, deepspeed=ds, deepspeed_path="ds.json" if ds else None)
+    cfg.training_config, cfg.config_names = read_training_config(str(cfg_file))
+    cfg.training_config_path = str(cfg_file)
+    findings, unknown = run_rules(cfg)
+    assert not unknown
+    return {f.id for f in findings}
+
+
+def test_xtuner_config_is_read_without_running_it(tmp_path):
+    from moe_env.config_rules import read_training_config
+
+    f = tmp_path / "c.py"
+    f.write_text("import os\nos.system('touch ' + 'PWNED')\n" + XTUNER_CONFIG.format(varlen=True, sp=2, shard=8, hooks=""))
+    values, names = read_training_config(str(f))
+    assert values["use_varlen_attn"] is True and values["moe_implementation"] == "shard" and values["expert_in_one_shard"] == 8
+    assert "HFCheckpointHook" in names and not (tmp_path / "PWNED").exists()
+
+
+def test_xtuner_varlen_needs_flash_attn(tmp_path):
+    rid = rule_id("xtuner", "config_requires_package")
+    assert rid in xtuner_judge(tmp_path, varlen=True, installed={"xtuner": "0.1.23"})
+    assert rid in xtuner_judge(tmp_path, varlen=True, installed={"flash-attn": "2.1.1"})  # no window_size yet
+    assert rid not in xtuner_judge(tmp_path, varlen=True, installed={"flash-attn": "2.5.8"})
+    assert rid in xtuner_judge(tmp_path, sp=2, installed={})
+    assert rid not in xtuner_judge(tmp_path, installed={})
+
+
+def test_xtuner_shard_and_sequence_parallel_divisibility(tmp_path):
+    shard = rule_id("xtuner", "config_divides", numerator="n_routed_experts")
+    sp = rule_id("xtuner", "config_divides", numerator="world_size")
+    assert shard in xtuner_judge(tmp_path, shard=6)
+    assert shard not in xtuner_judge(tmp_path, shard=8)
+    assert sp in xtuner_judge(tmp_path, sp=3, world=8)
+    assert sp not in xtuner_judge(tmp_path, sp=4, world=8)
+    assert sp in xtuner_judge(tmp_path, sp=3, extra="--nproc_per_node 8")
+
+
+def test_xtuner_shard_moe_cannot_run_eval_hook(tmp_path):
+    rid = rule_id("xtuner", "config_forbids")
+    assert rid in xtuner_judge(tmp_path, hooks=", dict(type=EvaluateChatHook, every_n_iters=500)")
+    assert rid not in xtuner_judge(tmp_path)
+
+
+def test_xtuner_deepspeed_name_and_zero3_gather(tmp_path):
+    name = rule_id("xtuner", "deepspeed_config_choice")
+    gather = rule_id("xtuner", "deepspeed_config_value")
+    assert name in xtuner_judge(tmp_path, extra="--deepspeed deepspeed_zero4")
+    assert name not in xtuner_judge(tmp_path, extra="--deepspeed deepspeed_zero3")
+    assert gather in xtuner_judge(tmp_path, ds={"zero_optimization": {"stage": 3}})
+    assert gather not in xtuner_judge(tmp_path, ds=ZERO3)
+    assert gather not in xtuner_judge(tmp_path, ds=ZERO2)
+
+
+def test_cli_xtuner_named_deepspeed_config_found_in_installed_package(tmp_path, venv):
+    # `--deepspeed deepspeed_zero3` is resolved inside the installed xtuner (a fake one in a real venv)
+    project("xtuner")
+    venv.add_dist("xtuner", "0.1.23", files={
+        "xtuner/__init__.py": "",
+        "xtuner/configs/deepspeed/deepspeed_zero3.json": json.dumps({"zero_optimization": {"stage": 3}}),
+    })
+    cfg_file = tmp_path / "deepseek_v2_lite_chat_full_alpaca_e3.py"
+    cfg_file.write_text(XTUNER_CONFIG.format(varlen=True, sp=1, shard=8, hooks=""))
+    p = cli("check-config", "xtuner", "--model", "deepseek-v2-lite", "--python", str(venv.python), "--json", "--",
+            "xtuner", "train", str(cfg_file), "--deepspeed", "deepspeed_zero3")
+    doc = json.loads(p.stdout)
+    assert doc["deepspeed_config"].endswith("xtuner/configs/deepspeed/deepspeed_zero3.json")
+    ids = {f["id"] for f in doc["findings"]}
+    assert rule_id("xtuner", "deepspeed_config_value") in ids  # the fake zero3 lacks the gather option
+    assert rule_id("xtuner", "config_requires_package") in ids  # varlen without flash-attn in that venv
+    assert p.returncode == 1
+
+
+# ------------------------------------------------------------------ the command
+
+
+def cli(*args, env=None):
+    import os
+
+    e = dict(os.environ)
+    e.pop("MOE_ENV_GPUS", None)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "moe_env", *args], capture_output=True, text=True, timeout=120, env=e)
+
+
+def test_cli_zero3_moe_llava_exits_1_with_json(tmp_path):
+    project("moe-llava")
+    ds = tmp_path / "zero3.json"
+    ds.write_text(json.dumps(ZERO3))
+    p = cli("check-config", "moe-llava", "--json", "--", "deepspeed", "moellava/train/train_mem.py",
+            "--deepspeed", str(ds), *MOE.split())
+    assert p.returncode == 1, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["schema"] == "moe-env.check-config/1" and doc["deepspeed_config"] == str(ds)
+    hit = [f for f in doc["findings"] if f["id"] == rule_id("moe-llava", "zero_stage")]
+    assert hit and hit[0]["sources"] and "stage = 3" in hit[0]["seen"]
+
+
+def test_cli_good_launch_exits_0(tmp_path):
+    project("moe-llava")
+    ds = tmp_path / "zero2.json"
+    ds.write_text(json.dumps(ZERO2))
+    p = cli("check-config", "moe-llava", "--deepspeed-config", str(ds), "--", *MOE.split(), "--bf16", "True",
+            env={"MOE_ENV_GPUS": "A100:8.0x8"})
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "OK" in p.stdout
+
+
+def test_cli_bf16_on_v100_via_gpu_override():
+    project("moe-llava")
+    p = cli("check-config", "moe-llava", "--", *MOE.split(), "--bf16", "True", env={"MOE_ENV_GPUS": "V100:7.0x8"})
+    assert p.returncode == 1 and rule_id("moe-llava", "bf16_capability") in p.stdout
+
+
+def test_cli_launch_deepspeed_file_elsewhere_is_a_warning_not_an_error(tmp_path):
+    project("minigemini")
+    p = cli("check-config", "mgm", "--model", "8x7b", "--json", "--", "--model_name_or_path", "model_zoo/LLM/mixtral/x",
+            "--deepspeed", str(tmp_path / "scripts" / "zero3.json"))
+    doc = json.loads(p.stdout)
+    assert p.returncode == 0 and doc["deepspeed_config"] is None
+    assert "check-config.deepspeed-not-found" in {f["id"] for f in doc["findings"]}
+
+
+def test_cli_bad_inputs_are_usage_errors(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    for args in (("check-config", "no-such-project", "--", "--x"),
+                 ("check-config", "moe-llava", "--deepspeed-config", str(bad)),
+                 ("check-config", "moe-llava", "--deepspeed-config", str(tmp_path / "missing.json"))):
+        p = cli(*args)
+        assert p.returncode == 2, (args, p.stdout, p.stderr)
+        assert p.stderr.startswith("moe-env: error:") and "Traceback" not in p.stderr
