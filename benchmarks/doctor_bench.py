@@ -98,8 +98,9 @@ def main() -> int:
     doctor = moe_env + ["doctor", "minigemini", "--python", str(python)]
     collect = [str(python), "-m", "torch.utils.collect_env"]
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    time_runs(doctor, 1, env)  # warm the page cache for both before timing
+    time_runs(doctor, 1, env)  # warm the page cache (and moe-env's matrix cache) before timing
     time_runs(collect, 1, env)
+    cold, cold_cpu = time_runs(doctor, 3, {**env, "MOE_ENV_NO_CACHE": "1"})  # every run parses the TOML matrix
     # interleaved, so both see the same background load
     d, dc, c, cc = [], [], [], []
     for _ in range(args.runs):
@@ -113,6 +114,8 @@ def main() -> int:
     print(f"load average before: {load}")
     print(f"moe-env doctor minigemini: median {dm * 1000:.0f} ms wall (min {min(d) * 1000:.0f}, max {max(d) * 1000:.0f}), "
           f"{statistics.median(dc) * 1000:.0f} ms CPU, over {args.runs} runs")
+    print(f"  without the matrix cache (MOE_ENV_NO_CACHE=1): median {statistics.median(cold) * 1000:.0f} ms wall, "
+          f"{statistics.median(cold_cpu) * 1000:.0f} ms CPU, over 3 runs")
     print(f"torch.utils.collect_env:   median {cm * 1000:.0f} ms wall (min {min(c) * 1000:.0f}, max {max(c) * 1000:.0f}), "
           f"{statistics.median(cc) * 1000:.0f} ms CPU, over {args.runs} runs")
     print(f"ratio: doctor is {cm / dm:.1f}x faster by wall time, {statistics.median(cc) / statistics.median(dc):.1f}x by CPU time "

@@ -326,7 +326,7 @@ def _header(plan: DockerPlan) -> List[str]:
         f"# The build context needs {plan.lockfile} (moe-env lock writes it)"
         + (f" and {plan.options.wheelhouse}/" if plan.options.wheelhouse else "")
         + (f" and {plan.options.matrix_dir}/" if plan.options.matrix_dir else "") + ".",
-        f"#   build: docker build -t {tag} .",
+        f"#   build: docker build -t {tag} .    (buildah/podman: add --format docker, which keeps SHELL)",
         f"#   run:   docker run --gpus all --rm -it {tag}    (runs `moe-env doctor --strict` first)",
     ]
     if plan.multi_stage:

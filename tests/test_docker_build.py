@@ -147,7 +147,8 @@ def _generate(ctx: Path, matrix: Path, stack: str) -> Path:
 def _build(buildah_cmd, folder: Path, tag: str):
     t0 = time.monotonic()
     # no --layers: with vfs every committed layer is a full copy of the root file system
-    proc = _run(buildah_cmd + ["bud", *_isolation(buildah_cmd), "-f", folder / "Dockerfile", "-t", tag, folder],
+    # --format docker: the OCI format drops SHELL, and the build steps are written for bash
+    proc = _run(buildah_cmd + ["bud", "--format", "docker", *_isolation(buildah_cmd), "-f", folder / "Dockerfile", "-t", tag, folder],
                 timeout=1200)
     TIMINGS.append((f"build {tag}", time.monotonic() - t0))
     return proc
@@ -211,7 +212,8 @@ def test_multi_stage_build_carries_the_venv_into_the_runtime_stage(buildah, cont
     step = SimpleNamespace(
         package="toyext", reason="the test's stand-in for a compiled extension",
         env={"TORCH_CUDA_ARCH_LIST": "7.0"},
-        preconditions=['"$PYTHON" -c "import torch"', "[ \"$TORCH_CUDA_ARCH_LIST\" = \"8.0;9.0\" ]"],
+        # bash (SHELL is honoured), the --gpu-arch list, and the lockfile's torch before building
+        preconditions=['[[ -n "$BASH_VERSION" ]]', '[ "$TORCH_CUDA_ARCH_LIST" = "8.0;9.0" ]', '"$PYTHON" -c "import torch"'],
         commands=['"$PYTHON" -m pip install --no-deps toyext==1.0'],
         verify=['"$PYTHON" -c "import toyext"'],
     )

@@ -316,7 +316,12 @@ def test_lockfile_written_by_uv_pip_compile(venv, matrix, tmp_path):
     import shutil
     import subprocess
 
-    uv = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
+    try:
+        from uv import find_uv_bin  # uv is a dependency of moe-env; its wheel carries the binary
+
+        uv = find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        uv = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     _tiny_wheel(wheels, "alpha", "1.0", requires=["beta>=2"])

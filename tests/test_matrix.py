@@ -421,22 +421,24 @@ def _fake_sdist(dest: Path, version: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def fake_index(tmp_path_factory):
-    """A find-links folder of fake deepspeed sdists; pip is isolated from the machine's config.
-
-    Module-scoped with one sdist cache (`fake_index / "cache"`), so pip runs once per release."""
+def fake_links(tmp_path_factory):
+    """A find-links folder of fake deepspeed sdists and one sdist cache, built once per module."""
     root = tmp_path_factory.mktemp("fake_index")
     links = root / "links"
     links.mkdir()
     for v in FAKE_INIT:
         _fake_sdist(links, v)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PIP_CONFIG_FILE", os.devnull)
-    mp.setenv("PIP_NO_INDEX", "1")
-    mp.setenv("PIP_FIND_LINKS", str(links))
-    mp.setenv("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-    yield root
-    mp.undo()
+    return root
+
+
+@pytest.fixture
+def fake_index(fake_links, monkeypatch):
+    """pip isolated from the machine's config and pointed at the fake sdists (per test: the env is restored)."""
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(fake_links / "links"))
+    monkeypatch.setenv("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+    return fake_links
 
 
 def test_scanner_reads_real_pip_downloads_of_fake_sdists(fake_index):
@@ -522,3 +524,36 @@ def test_api_table_matches_real_deepspeed_sdists(tmp_path):
     for s in scans:
         pyd = [r for r in s.requirements if r.startswith("pydantic")]
         assert pyd and SpecifierSet(pyd[0][len("pydantic"):]) == SpecifierSet(rel[s.version].requires["pydantic"])
+
+
+@pytest.mark.network
+def test_transformers_tables_match_real_wheels(tmp_path):
+    """The transformers [[api]] rows and [[release]] requirements, held to real wheels read statically."""
+    import zipfile
+
+    versions = ["4.35.2", "4.36.0", "4.45.2", "4.46.0", "4.46.3", "4.47.0"]
+    dl = tmp_path / "dl"
+    for v in versions:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d", str(dl),
+                        f"transformers=={v}"], check=True, capture_output=True, timeout=600)
+    table = SHIPPED.api["transformers"]
+    releases = {r.version: r for r in SHIPPED.releases["transformers"]}
+    compared = 0
+    for v in versions:
+        (wheel,) = dl.glob(f"transformers-{v}-*.whl")
+        root = tmp_path / v
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extractall(root)
+            meta = zf.read(f"transformers-{v}.dist-info/METADATA").decode()
+        s = scan.scan_tree(v, str(root), sorted({e.symbol for e in table}))
+        for e in table:
+            expected = consistency.api_has(e, v)
+            assert expected == scan._has(s, (e.symbol, e.param)), f"{e.symbol}({e.param}) in transformers {v}"
+            compared += 1
+        if v in releases:
+            torch_lines = [line for line in meta.splitlines()
+                           if line.startswith("Requires-Dist: torch") and ("'torch'" in line or '"torch"' in line)]
+            assert torch_lines, v
+            spec = torch_lines[0].split("torch", 1)[1].split(";", 1)[0].strip(" ()")
+            assert SpecifierSet(spec) == SpecifierSet(releases[v].requires["torch"]), v
+    assert compared == len(versions) * len(table)
