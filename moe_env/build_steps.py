@@ -26,7 +26,9 @@ SOURCES = {
                   "release:deepspeed==0.13.2:setup.py imports torch; ops pre-compile only with torch installed"],
     "apex": ["https://github.com/NVIDIA/apex#from-source (--no-build-isolation, --cpp_ext, --cuda_ext)"],
     "grouped-gemm": ["https://github.com/tgale96/grouped_gemm (setup.py builds the grouped_gemm_backend CUDA extension)"],
-    "nv-grouped-gemm": ["https://github.com/fanshiqing/grouped_gemm (NVIDIA's fork used by Megatron-LM)"],
+    "nv-grouped-gemm": ["fanshiqing/grouped_gemm@280618043998b4c8074bf56ed4b17a9fd379d222:setup.py name nv_grouped_gemm, "
+                        "CUDAExtension grouped_gemm_backend; imports torch; without TORCH_CUDA_ARCH_LIST it asks "
+                        "torch.cuda for the GPU (fails on a build machine without one)"],
     "transformer-engine": ["https://docs.nvidia.com/deeplearning/transformer-engine/user-guide/installation.html "
                            "(pip install --no-build-isolation transformer_engine[pytorch]; NVTE_FRAMEWORK, NVTE_CUDA_ARCHS)"],
 }
@@ -338,7 +340,9 @@ def _pip_compiled_step(resolution: Resolution, package: str, version: str, archs
     imp = IMPORT_NAMES.get(n, n.replace("-", "_"))
     return BuildStep(
         package=package, version=version,
-        reason=f"{package} ships its CUDA extension as source only; it compiles against the installed torch",
+        reason=(f"{package} ships its CUDA extension as source only; it compiles against the installed torch"
+                + ("; TORCH_CUDA_ARCH_LIST is set because without it setup.py asks the visible GPU"
+                   if "grouped-gemm" in n else "")),
         env=env, preconditions=_common_pre(resolution),
         commands=[_pip("--no-build-isolation --no-cache-dir", shlex.quote(target))],
         verify=[f'"$PYTHON" -c {shlex.quote("import " + imp)}'],
@@ -354,13 +358,23 @@ def _git_step(resolution: Resolution, package: str, ref: str, archs: List[str]) 
     repo = GIT_REPOS.get(n) or resolution.project.info.repo
     imp = IMPORT_NAMES.get(n, n.replace("-", "_"))
     env = {**_arch_env(archs), "MAX_JOBS": _max_jobs(package)}
+    # a checkout, not a bare git+ URL: the repository's scripts (e.g. Megatron-LM's tools/checkpoint
+    # converters) are part of what the commit fixes, and they are not in the installed package
+    src = f'"${{MOE_ENV_SRC:-$PWD}}/{repo.split("/")[1]}"'
+    commands = [
+        f"[ -d {src}/.git ] || git clone https://github.com/{repo} {src}",
+        f"git -C {src} fetch --quiet origin {shlex.quote(ref)} || true",
+        f"git -C {src} checkout --quiet {shlex.quote(ref)}",
+        _pip("--no-build-isolation", src),
+    ]
     return BuildStep(
         package=package, version=ref,
         reason=(f"the stack needs {package} at commit {ref} of {repo}: the fix it relies on is on that branch "
-                "and in no release"),
+                f"and in no release; the checkout stays in $MOE_ENV_SRC (default: the current folder) for its scripts"),
         env=env, preconditions=[_torch_ok(resolution), "command -v git"],
-        commands=[_pip("--no-build-isolation", shlex.quote(f"{package} @ git+https://github.com/{repo}@{ref}"))],
-        verify=[f'"$PYTHON" -c {shlex.quote("import " + imp)}'],
+        commands=commands,
+        verify=[f'"$PYTHON" -c {shlex.quote("import " + imp)}', f'[ "$(git -C {src} rev-parse HEAD)" = {shlex.quote(ref)} ]'
+                if re.match(r"^[0-9a-f]{40}$", ref) else f"git -C {src} rev-parse HEAD"],
         sources=[f"https://github.com/{repo}/commit/{ref}"],
     )
 

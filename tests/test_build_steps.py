@@ -65,8 +65,10 @@ def test_deepspeed_ops_and_a_commit_build(matrix):
     assert ds.env["TORCH_CUDA_ARCH_LIST"] == "9.0"
     assert "--no-build-isolation --no-deps --force-reinstall" in ds.commands[0] and "deepspeed==0.13.2" in ds.commands[0]
     assert "installed_ops" in ds.verify[0]
-    assert "git+https://github.com/NVIDIA/Megatron-LM@0123456789abcdef0123456789abcdef01234567" in meg.commands[0]
-    assert "import megatron.core" in meg.verify[0]
+    assert meg.commands[0].endswith('git clone https://github.com/NVIDIA/Megatron-LM "${MOE_ENV_SRC:-$PWD}/Megatron-LM"')
+    assert "checkout --quiet 0123456789abcdef0123456789abcdef01234567" in meg.commands[2]
+    assert meg.commands[3].endswith('--no-build-isolation "${MOE_ENV_SRC:-$PWD}/Megatron-LM"')
+    assert "import megatron.core" in meg.verify[0] and "rev-parse HEAD" in meg.verify[1]
     # the lockfile keeps deepspeed (its dependencies get hashes) and leaves out what cannot resolve without torch
     assert excluded_from_lock(r) == ["megatron-core", "flash-attn"]
     reqs = lock_input(r).requirements
@@ -182,3 +184,37 @@ def test_live_release_check_overrides_the_matrix(matrix, tmp_path, monkeypatch):
     monkeypatch.setenv("MOE_ENV_FLASH_ATTN_RELEASES", "http://127.0.0.1:9/v{version}.json")
     (step,) = build_steps(resolve(matrix, "toy"), live=True)
     assert "live check of the release assets failed" in step.reason and step.env["FLASH_ATTENTION_FORCE_BUILD"] == "TRUE"
+
+
+def test_commit_build_checks_out_the_named_commit(tmp_path, monkeypatch):
+    """A real git checkout (a local repository stands in for upstream; the clone is skipped because
+    the checkout exists), fake python/nvcc/ninja for the rest."""
+    import shutil
+
+    if not shutil.which("git"):
+        pytest.skip("git not installed")
+    src = tmp_path / "src" / "Megatron-LM"
+    src.mkdir(parents=True)
+    genv = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid", "GIT_CONFIG_GLOBAL": "/dev/null"}
+    for cmd in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "fix"]):
+        subprocess.run(["git", "-C", str(src), *cmd], check=True, env=genv)
+    sha = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run(["git", "-C", str(src), "commit", "-q", "--allow-empty", "-m", "later"], check=True, env=genv)
+    root = write_matrix(tmp_path / "m")
+    proj = root / "projects" / "toymoe.toml"
+    proj.write_text(proj.read_text().replace("0123456789abcdef0123456789abcdef01234567\"]", f"{sha}\"]"))
+    r = resolve(load_matrix(root), "toy", variant="new", gpu_archs=["9.0"])
+    script = render_script(build_steps(r))
+    bin_dir = _toolchain(tmp_path, "12.8")
+    (bin_dir / "git").symlink_to(shutil.which("git"))
+    path = tmp_path / "build.sh"
+    path.write_text(script)
+    log = tmp_path / "log"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "LOG": str(log), "PYTHON": str(bin_dir / "python"),
+           "HOME": str(tmp_path), "MOE_ENV_SRC": str(tmp_path / "src"), "GIT_CONFIG_GLOBAL": "/dev/null"}
+    proc = subprocess.run(["bash", str(path)], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert head == sha  # the named commit, not the newer one
+    assert f"--no-build-isolation {src}" in log.read_text()

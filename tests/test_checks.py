@@ -483,3 +483,23 @@ def test_shipped_lockfiles_parse():
     for f in files:
         lock = parse_lockfile(f.read_text(), str(f))
         assert lock.pins and all(p.requirement.specifier for p in lock.pins.values()), f
+
+
+def test_release_rows_add_runtime_requirements_metadata_does_not_enforce(tmp_path):
+    root = write_matrix(tmp_path / "m")
+    (root / "packages" / "transformers.toml").write_text(
+        'package = "transformers"\n\n[[release]]\nversion = "4.36.2"\n'
+        'requires = { torch = "!=1.12.0,>=1.10", accelerate = ">=0.21.0", tokenizers = "<0.19,>=0.14" }\n'
+        'source = ["release:transformers==4.36.2:METADATA"]\n')
+    matrix = load_matrix(root)
+    env = make_env(dists={"transformers": "4.36.2", "accelerate": "0.20.3", "tokenizers": "0.13.0"},
+                   requires={"transformers": ["tokenizers<0.19,>=0.14", "accelerate>=0.21.0; extra == 'torch'"]},
+                   torch="2.1.2+cu121", torch_cuda="12.1")
+    findings = run_checks(env, matrix)
+    rel = [f for f in findings if f.id == "release.requirement"]
+    assert [f.title for f in rel] == ["transformers 4.36.2 wants accelerate>=0.21.0; accelerate 0.20.3 is installed"]
+    assert rel[0].sources == ["release:transformers==4.36.2:METADATA"]
+    # tokenizers is in Requires-Dist: reported once, by the pip-check-like check, not twice
+    assert [f.id for f in findings if "tokenizers" in f.seen] == ["deps.conflict"]
+    ok = make_env(dists={"transformers": "4.36.2+local", "accelerate": "0.21.0"}, torch="2.1.2+cu121", torch_cuda="12.1")
+    assert "release.requirement" not in ids(run_checks(ok, matrix))

@@ -9,6 +9,7 @@ moe-env's wheel built from this checkout, and moe-env's dependencies, downloaded
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -167,8 +168,20 @@ def test_doctor_gate_passes_a_good_stack(buildah, context):
         out = _run(buildah + ["run", *_run_isolation(), ctr, "--", "/opt/venv/bin/python", "-c",
                               "import deepspeed.utils as u; print(u.set_z3_leaf_modules.__name__)"])
         assert out.returncode == 0 and "set_z3_leaf_modules" in out.stdout, out.stderr
-        cfg = _run(buildah + ["inspect", "--format", "{{.OCIv1.Config.Entrypoint}}", ctr]).stdout
-        assert "moe-env doctor toymoe" in cfg and "--strict" in cfg
+        info = json.loads(_run(buildah + ["inspect", "--type", "image", "localhost/toy:good"]).stdout)
+        entry = (info.get("Docker") or {}).get("config", {}).get("Entrypoint") or info["OCIv1"]["config"]["Entrypoint"]
+        assert "moe-env doctor toymoe" in entry[2] and "--strict" in entry[2]
+        # container start: the entrypoint runs the full doctor (no --build), then the command.
+        # Told the node's GPUs and driver, it passes and the command runs; MOE_ENV_DOCTOR=0 skips it.
+        node = ["--env", "MOE_ENV_GPUS=8.0x8", "--env", "MOE_ENV_CUDA_DRIVER_VERSION=550.54.15"]
+        started = _run(buildah + ["run", *_run_isolation(), *node, ctr, "--", *entry, "echo", "command-ran"])
+        assert started.returncode == 0 and "command-ran" in started.stdout, started.stdout + started.stderr
+        assert "moe-env doctor: /opt/venv/bin/python" in started.stdout
+        # on a machine without GPU or driver (this one), the strict start-up check stops the command
+        bare = _run(buildah + ["run", *_run_isolation(), ctr, "--", *entry, "echo", "command-ran"])
+        assert bare.returncode != 0 and "command-ran" not in bare.stdout, bare.stdout + bare.stderr
+        skipped = _run(buildah + ["run", *_run_isolation(), "--env", "MOE_ENV_DOCTOR=0", ctr, "--", *entry, "echo", "command-ran"])
+        assert skipped.returncode == 0 and skipped.stdout.strip() == "command-ran", skipped.stdout + skipped.stderr
     finally:
         _run(buildah + ["rm", ctr])
 

@@ -7,7 +7,6 @@ covers the paths the shipped data may not: a broken stack, a compiled one, a whe
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat

@@ -109,22 +109,25 @@ def test_cuda_driver_table_is_monotonic_and_minor_compat_is_below_it():
         assert later and Version(compat.min_driver) <= min(later)
 
 
-def test_gpu_table_first_match_gives_the_documented_capability():
+def test_gpu_table_gives_the_documented_capability_through_the_checks_reader():
+    from moe_env.checks.facts import gpu_capability
+    from moe_env.environment import GPU
+
     def cc(name):
-        for g in SHIPPED.gpus:
-            if any(m.lower() in name.lower() for m in g.match):
-                return g.compute_capability
-        return None
+        return gpu_capability(GPU(index=0, name=name), SHIPPED)[0]
 
     archs = {a.compute_capability for a in SHIPPED.arch_toolkits}
     for g in SHIPPED.gpus:
         assert g.compute_capability in archs, g.family  # every family has a toolkit row
     assert cc("NVIDIA A100-SXM4-80GB") == "8.0"
     assert cc("NVIDIA A10G") == "8.6"
+    assert cc("NVIDIA RTX A3000 Laptop GPU") == "8.6"
     assert cc("Tesla V100-SXM2-32GB") == "7.0"
     assert cc("NVIDIA H100 80GB HBM3") == "9.0"
     assert cc("NVIDIA GeForce RTX 4090") == "8.9"
     assert cc("Quadro RTX 6000") == "7.5"
+    assert cc("NVIDIA B200") == "10.0"
+    assert cc("Some Future Accelerator") is None
 
 
 # ---------------------------------------------------------------- deepspeed facts
@@ -232,12 +235,13 @@ cuda = "{cuda}"
 python = "{python}"
 pins = {{ torch = "{torch}", deepspeed = "{deepspeed}", pydantic = "{pydantic}", flash-attn = "{fa}" }}
 why = "test"
+gpu_archs = {archs}
 source = "example/demo#1"
 """
 
 
 def _demo(tmp_path, **kw):
-    values = dict(cuda="11.8", python="3.10", torch="2.0.1", deepspeed="0.13.5", pydantic="1.10.21", fa="2.5.8")
+    values = dict(cuda="11.8", python="3.10", torch="2.0.1", deepspeed="0.13.5", pydantic="1.10.21", fa="2.5.8", archs='["8.0", "9.0"]')
     values.update(kw)
     root = _copy_platform(tmp_path)
     (root / "projects").mkdir()
@@ -262,6 +266,7 @@ def test_consistent_demo_stack_has_no_problems(tmp_path):
         ({"cuda": "12.1"}, "cuda 12.1 is not an official torch 2.0 build"),
         ({"torch": "2.0.5"}, "torch 2.0.5 is not a published 2.0 release"),
         ({"fa": "2.7.4.post1"}, "flash-attn 2.7.4.post1 has no prebuilt wheel for torch 2.0.1, CUDA 11.8, python 3.10"),
+        ({"archs": '["8.0", "12.0"]'}, "gpu arch 12.0 has no kernels in torch 2.0.1+cu118"),
     ],
 )
 def test_inconsistent_demo_stack_is_caught(tmp_path, change, expect):
@@ -512,7 +517,7 @@ def test_api_table_matches_real_deepspeed_sdists(tmp_path):
     for s in scans:
         for e in table:
             expected = consistency.api_has(e, s.version)
-            actual = scan._has(s, (e.symbol, e.param))
+            actual = scan.release_has(s, (e.symbol, e.param))
             assert expected == actual, f"{e.symbol}({e.param}) in {s.version}: table says {expected}, sdist says {actual}"
             checked += 1
     assert checked >= 3 * len(table)
@@ -548,7 +553,7 @@ def test_transformers_tables_match_real_wheels(tmp_path):
         s = scan.scan_tree(v, str(root), sorted({e.symbol for e in table}))
         for e in table:
             expected = consistency.api_has(e, v)
-            assert expected == scan._has(s, (e.symbol, e.param)), f"{e.symbol}({e.param}) in transformers {v}"
+            assert expected == scan.release_has(s, (e.symbol, e.param)), f"{e.symbol}({e.param}) in transformers {v}"
             compared += 1
         if v in releases:
             torch_lines = [line for line in meta.splitlines()

@@ -141,3 +141,56 @@ def import_collisions(ctx: Context) -> List[Finding]:
             sources=[SRC_RECORD],
         ))
     return out
+
+
+def _release_row(ctx: Context, name: str, version: str):
+    v = parse_version(version)
+    if v is None:
+        return None
+    for row in ctx.matrix.releases.get(name, []):
+        rv = parse_version(row.version)
+        if rv is not None and rv == parse_version(v.public):
+            return row
+    return None
+
+
+@generic("release-requirements")
+def release_requirements(ctx: Context) -> List[Finding]:
+    """The matrix's [[release]] `requires` of each installed release, where its METADATA is silent.
+
+    Requires-Dist is judged by the `requirements` check; this one adds what the curated release
+    rows know beyond it: extras the package enforces at run time (transformers' torch and
+    accelerate floors, accelerate's deepspeed floor) and runtime gates.
+    """
+    out = []
+    for name, d in sorted(ctx.env.distributions.items()):
+        row = _release_row(ctx, name, d.version)
+        if row is None:
+            continue
+        declared = set()
+        for line in d.requires:
+            if _EXTRA_ONLY.search(line):
+                continue
+            try:
+                declared.add(normalize_name(Requirement(line).name))
+            except InvalidRequirement:
+                continue
+        for dep, spec in sorted(row.requires.items()):
+            dep_n = normalize_name(dep)
+            if dep_n in declared or not spec:
+                continue
+            version = ctx.env.version_of(dep_n)
+            if version is None and dep_n == "torch" and ctx.env.torch is not None:
+                version = ctx.env.torch.version
+            if version is None or spec_contains(spec, version) is not False:
+                continue
+            out.append(Finding(
+                id="release.requirement", severity="warning",
+                title=f"{d.name} {d.version} wants {dep}{spec}; {dep} {version} is installed",
+                seen=f"{d.name} {d.version} (matrix release row) wants {dep}{spec}; {dep} {version} is installed",
+                why=(row.notes or "An optional or run-time requirement of this release that its Requires-Dist "
+                     "does not enforce; the feature that needs it fails or is disabled."),
+                fix=f"pip install '{dep}{spec}'  (or another {d.name} release)",
+                sources=list(row.source),
+            ))
+    return out

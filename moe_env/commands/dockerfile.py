@@ -69,7 +69,7 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from moe_env.docker import DockerOptions, default_lockfile_name, parse_gpu_archs, plan_dockerfile, render_dockerfile
+    from moe_env.docker import DockerOptions, parse_gpu_archs, plan_dockerfile, render_dockerfile
     from moe_env.errors import UsageError
     from moe_env.matrix.loader import load_matrix
 

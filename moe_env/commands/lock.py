@@ -32,7 +32,8 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", metavar="VARIANT", help="model variant (default: the project's MoE variants)")
     p.add_argument("--cuda", metavar="X.Y|cpu|auto",
                    help="CUDA build of torch (default: the stack's; auto: from this host's driver and GPUs)")
-    p.add_argument("--python", metavar="X.Y", help="target CPython minor (default: the stack's)")
+    p.add_argument("--python", metavar="X.Y|PATH",
+                   help="target CPython minor, or an interpreter whose minor to use (default: the stack's)")
     p.add_argument("--gpu-arch", action="append", metavar="CC",
                    help="compute capability the build must carry, e.g. 8.0 or sm_90 (repeatable; default: the host's GPUs with --cuda auto)")
 
@@ -63,10 +64,12 @@ def register(sub) -> None:
 
 def resolve_args(args):
     """Shared by lock and build-steps: load the matrix, read the host when asked, resolve."""
-    from moe_env.lock.fastload import load_matrix_fast
+    from moe_env.matrix.cache import load_matrix_cached
     from moe_env.resolver import resolve
 
-    matrix = load_matrix_fast()
+    matrix = load_matrix_cached()  # the validated matrix, pickled per user: `lock` answers in well under 0.2 s
+    if args.python and ("/" in args.python or args.python.startswith("python")):
+        args.python = interpreter_minor(args.python)
     env = None
     if args.cuda == "auto":
         from moe_env.lock.host import host_environment
@@ -74,6 +77,26 @@ def resolve_args(args):
         env = host_environment()
     return resolve(matrix, args.project, variant=args.model, cuda=args.cuda, python=args.python, env=env,
                    gpu_archs=args.gpu_arch)
+
+
+def interpreter_minor(python: str) -> str:
+    """`--python /opt/venv/bin/python`: the target interpreter's CPython minor, asked with -I."""
+    import shutil
+    import subprocess
+
+    from moe_env.errors import UsageError
+
+    exe = python if "/" in python else shutil.which(python)
+    if not exe:
+        raise UsageError(f"--python {python}: no such interpreter on PATH")
+    try:
+        out = subprocess.run([exe, "-I", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UsageError(f"--python {python}: cannot run it ({exc})") from None
+    if out.returncode != 0 or not out.stdout.strip():
+        raise UsageError(f"--python {python}: cannot run it (exit {out.returncode})")
+    return out.stdout.strip()
 
 
 def explain_text(resolution, steps, shipped) -> str:

@@ -8,15 +8,15 @@ shapes, read-only home) falls back to the real loader; the cache can never make 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Optional
 
 from moe_env import __version__
-from moe_env.matrix import loader, model
+from moe_env.matrix import model
 from moe_env.paths import matrix_root
 
 
@@ -30,28 +30,38 @@ def cache_dir() -> Path:
 
 
 def _key(root: Path) -> str:
-    h = hashlib.sha256(f"{__version__}\0{root.resolve()}".encode())
-    for code in (Path(model.__file__), Path(loader.__file__)):
+    """CRC-32 and Adler-32 of everything that shapes the result (zlib: no OpenSSL start-up on this path)."""
+    parts = [f"{__version__}\0{root.resolve()}".encode()]
+    model_py = Path(model.__file__)
+    for code in (model_py, model_py.with_name("loader.py")):
         st = code.stat()
-        h.update(f"\0{code.name}\0{st.st_mtime_ns}\0{st.st_size}".encode())
+        parts.append(f"\0{code.name}\0{st.st_mtime_ns}\0{st.st_size}".encode())
     for path in sorted(p for p in root.rglob("*.toml") if p.is_file()):
         # contents, not mtimes: two quick edits of the same size can share a coarse mtime
-        h.update(f"\0{path.relative_to(root).as_posix()}\0".encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:24]
+        parts.append(f"\0{path.relative_to(root).as_posix()}\0".encode())
+        parts.append(path.read_bytes())
+    blob = b"".join(parts)
+    return f"{zlib.crc32(blob):08x}{zlib.adler32(blob):08x}{len(blob):x}"
+
+
+def _loader():
+    """The real loader, imported only on a miss (it brings tomllib and the validation code)."""
+    from moe_env.matrix import loader
+
+    return loader
 
 
 def load_matrix_cached(root: Optional[Path] = None) -> model.Matrix:
     """load_matrix(), through the cache unless MOE_ENV_NO_CACHE is set."""
     if os.environ.get("MOE_ENV_NO_CACHE"):
-        return loader.load_matrix(root)
+        return _loader().load_matrix(root)
     root_path = Path(root) if root else matrix_root()
     if not root_path.is_dir():
-        return loader.load_matrix(root_path)  # its one-line error
+        return _loader().load_matrix(root_path)  # its one-line error
     try:
         key = _key(root_path)
     except OSError:
-        return loader.load_matrix(root)
+        return _loader().load_matrix(root_path)
     folder = cache_dir()
     target = folder / f"matrix-{key}.pickle"
     try:
@@ -63,16 +73,21 @@ def load_matrix_cached(root: Optional[Path] = None) -> model.Matrix:
         pass
     # a fresh load (loader.load_matrix memoises per path within a process, which would hide the edit
     # that made the key change); raises MatrixError on a bad file, as without the cache
-    matrix = loader._load(root_path)
+    matrix = _loader()._load(root_path)
+    tmp = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".matrix-", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             pickle.dump(matrix, fh, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, target)
+        tmp = None
         for old in folder.glob("matrix-*.pickle"):
             if old != target:
                 old.unlink()
     except OSError:
-        pass
+        pass  # a read-only or full home: work without the cache
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
     return matrix

@@ -51,6 +51,19 @@ def release_facts(matrix: Matrix, package: str, version: str) -> Optional[Packag
     return None
 
 
+def _runs_on(cc: str, archs: List[str], ptx: str) -> bool:
+    """SASS runs on the same major at an equal or higher minor; PTX JIT-compiles for anything newer."""
+    try:
+        want = tuple(int(x) for x in cc.split(".")[:2])
+        for a in archs:
+            have = tuple(int(x) for x in a.split(".")[:2])
+            if have[0] == want[0] and have[1] <= want[1]:
+                return True
+        return bool(ptx) and tuple(int(x) for x in ptx.split(".")[:2]) <= want
+    except ValueError:
+        return True  # unreadable: cannot judge
+
+
 def flash_attn_wheel(matrix: Matrix, version: str, torch: str, cuda: str, python: str) -> Optional[bool]:
     """Whether flash-attn `version` publishes a prebuilt wheel setup.py would pick for this torch/CUDA/Python.
 
@@ -106,6 +119,12 @@ def stack_problems(matrix: Matrix, project: Project, stack: Stack) -> List[str]:
                 out.append(
                     f"{where}: cuda {stack.cuda} is not an official torch {row.minor} build ({', '.join(row.cuda_builds)})"
                 )
+            arch_row = next((a for a in matrix.torch_archs
+                             if stack.cuda in a.cuda and SpecifierSet(a.torch).contains(Version(base), prereleases=True)), None)
+            for cc in stack.gpu_archs if arch_row else []:
+                if not _runs_on(cc, arch_row.archs, arch_row.ptx):
+                    out.append(f"{where}: gpu arch {cc} has no kernels in torch {base}+cu{stack.cuda.replace('.', '')} "
+                               f"(builds {', '.join(arch_row.archs)})")
     fa = pins.get("flash-attn")
     if fa and torch and stack.cuda not in ("", "cpu") and "flash-attn" not in stack.source_builds:
         if flash_attn_wheel(matrix, fa, torch, stack.cuda, stack.python) is False:

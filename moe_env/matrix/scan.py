@@ -248,7 +248,7 @@ def tracked_keys(matrix, extra: Sequence[str] = ()) -> Tuple[List[str], List[Key
     return symbols, keys
 
 
-def _has(scan: ReleaseScan, key: Key) -> bool:
+def release_has(scan: ReleaseScan, key: Key) -> bool:
     hit = scan.hits.get(key[0])
     if not hit or not hit.found:
         return False
@@ -279,7 +279,7 @@ def build_rows(scans: List[ReleaseScan], keys: List[Key]) -> Tuple[List[ApiRow],
                     all_keys.append((sym, name))
     rows, missing = [], []
     for key in all_keys:
-        present = [i for i, s in enumerate(scans) if _has(s, key)]
+        present = [i for i, s in enumerate(scans) if release_has(s, key)]
         if not present:
             missing.append(key)
             continue
