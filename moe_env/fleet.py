@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from moe_env.environment import REPORT_SCHEMA, normalize_name
+from moe_env.environment import normalize_name
 from moe_env.errors import UsageError
+from moe_env.report import environment_section
 
 DIFF_SCHEMA = "moe-env.diff/1"
 
@@ -146,7 +147,7 @@ def parse_stream(text: str, origin: str, default_node: Optional[str] = None) -> 
 def _node_reports(documents: List[Any], host: Optional[str], where: str, default_node: Optional[str]) -> List[NodeReport]:
     reports: List[NodeReport] = []
     for index, doc in enumerate(documents):
-        env = _environment_of(doc, where)
+        env = environment_section(doc, where)
         # a prefix names the node; a one-report file is named after the file (reports/$(hostname).json);
         # several reports in one file or stream go by the hostname each report carries
         if host is not None:
@@ -177,21 +178,6 @@ def _documents(text: str, where: str) -> List[Any]:
             raise UsageError(f"{where}: {what} at line {line} ({exc.msg}); is this `moe-env doctor --json` output, complete?") from None
         documents.append(doc)
     return documents
-
-
-def _environment_of(doc: Any, where: str) -> Dict[str, Any]:
-    if not isinstance(doc, dict) or "schema" not in doc:
-        raise UsageError(f"{where}: not a moe-env doctor report (no \"schema\" key); produce one with `moe-env doctor --json`")
-    schema = doc.get("schema")
-    if schema != REPORT_SCHEMA:
-        raise UsageError(
-            f"{where}: report schema {schema!r} is not one this moe-env reads ({REPORT_SCHEMA}); "
-            "run the same moe-env version on every node"
-        )
-    env = doc.get("environment")
-    if not isinstance(env, dict) or not isinstance(env.get("python"), dict):
-        raise UsageError(f"{where}: report has no environment section; was it written by `moe-env doctor --json`?")
-    return env
 
 
 def _hostname(env: Dict[str, Any]) -> Optional[str]:

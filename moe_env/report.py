@@ -69,7 +69,9 @@ def parse_report_text(text: str, origin: str) -> Report:
     return report_from_dict(data, origin)
 
 
-def report_from_dict(data: Any, origin: str) -> Report:
+def environment_section(data: Any, origin: str) -> Dict[str, Any]:
+    """The checked `environment` dict of a parsed report document; shared with `moe-env diff`,
+    which reads a thousand reports and cannot afford building dataclasses for each."""
     if not isinstance(data, dict) or "schema" not in data:
         raise UsageError(f"{origin}: not a moe-env doctor report (no \"schema\" key); "
                          "produce one with `moe-env doctor --json`")
@@ -82,6 +84,11 @@ def report_from_dict(data: Any, origin: str) -> Report:
     env_data = data.get("environment")
     if not isinstance(env_data, dict) or not isinstance(env_data.get("python"), dict):
         raise UsageError(f"{origin}: report has no environment section; was it written by `moe-env doctor --json`?")
+    return env_data
+
+
+def report_from_dict(data: Any, origin: str) -> Report:
+    env_data = environment_section(data, origin)
     try:
         env = Environment.from_dict(env_data)
         findings = [Finding.from_dict(f) for f in data.get("findings") or []]

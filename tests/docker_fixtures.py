@@ -104,12 +104,13 @@ STACK_DISTS = {
 
 
 def write_toy_matrix(root: Path, python: str) -> Path:
-    """A compat_matrix with the shipped nvidia/cuda image table and the toy project."""
+    """A compat_matrix with the shipped nvidia/cuda image and driver tables, and the toy project."""
     (root / "platform").mkdir(parents=True, exist_ok=True)
     (root / "packages").mkdir(parents=True, exist_ok=True)
     (root / "projects").mkdir(parents=True, exist_ok=True)
-    shipped = REPO / "compat_matrix" / "platform" / "cuda_images.toml"
-    (root / "platform" / "cuda_images.toml").write_text(shipped.read_text(encoding="utf-8"), encoding="utf-8")
+    for name in ("cuda_images.toml", "cuda.toml"):  # the real image tags and driver minimums
+        shipped = REPO / "compat_matrix" / "platform" / name
+        (root / "platform" / name).write_text(shipped.read_text(encoding="utf-8"), encoding="utf-8")
     (root / "packages" / "deepspeed.toml").write_text(TOY_DEEPSPEED_API, encoding="utf-8")
     (root / "platform" / "torch.toml").write_text(TOY_TORCH, encoding="utf-8")
     (root / "projects" / "toymoe.toml").write_text(TOY_PROJECT.replace("{python}", python), encoding="utf-8")

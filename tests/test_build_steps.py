@@ -4,7 +4,6 @@ nvcc/python/ninja on PATH standing in for the toolchain)."""
 import json
 import os
 import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest

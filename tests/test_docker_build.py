@@ -177,9 +177,11 @@ def test_doctor_gate_passes_a_good_stack(buildah, context):
         started = _run(buildah + ["run", *_run_isolation(), *node, ctr, "--", *entry, "echo", "command-ran"])
         assert started.returncode == 0 and "command-ran" in started.stdout, started.stdout + started.stderr
         assert "moe-env doctor: /opt/venv/bin/python" in started.stdout
-        # on a machine without GPU or driver (this one), the strict start-up check stops the command
-        bare = _run(buildah + ["run", *_run_isolation(), ctr, "--", *entry, "echo", "command-ran"])
-        assert bare.returncode != 0 and "command-ran" not in bare.stdout, bare.stdout + bare.stderr
+        # on a node whose driver is too old for torch's CUDA 12.1, the start-up check stops the command
+        old = ["--env", "MOE_ENV_GPUS=8.0x8", "--env", "MOE_ENV_CUDA_DRIVER_VERSION=470.57.02"]
+        stopped = _run(buildah + ["run", *_run_isolation(), *old, ctr, "--", *entry, "echo", "command-ran"])
+        assert stopped.returncode == 1 and "command-ran" not in stopped.stdout, stopped.stdout + stopped.stderr
+        assert "470.57.02" in stopped.stdout
         skipped = _run(buildah + ["run", *_run_isolation(), "--env", "MOE_ENV_DOCTOR=0", ctr, "--", *entry, "echo", "command-ran"])
         assert skipped.returncode == 0 and skipped.stdout.strip() == "command-ran", skipped.stdout + skipped.stderr
     finally:

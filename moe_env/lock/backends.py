@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 from moe_env.errors import MoeEnvError, NetworkError, UsageError
 from moe_env.lock.inputs import LockInput

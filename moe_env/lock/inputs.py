@@ -30,11 +30,6 @@ def norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def source_build_names(resolution: Resolution) -> List[str]:
-    """Normalised names of the stack's source builds (`flash-attn`, `megatron-core@<commit>` → megatron-core)."""
-    return [norm(s.split("@", 1)[0].strip()) for s in resolution.stack.source_builds]
-
-
 def lock_input(resolution: Resolution, index_url: Optional[str] = None, torch_index: Optional[str] = None) -> LockInput:
     from moe_env.build_steps import excluded_from_lock
 
