@@ -284,14 +284,27 @@ def _hf_folder(folder: Path, only: Optional[Path] = None) -> CkptReport:
     expected = _hf_expectations(config)
     _layer_findings(rep, tensors, config.get("num_hidden_layers"), absent)
     _expert_findings(rep, census(tensors), expected, source="config.json")
-    if config.get("moe_implementation") == "shard" or "expert_in_one_shard" in config:
+    # XTuner builds its shard-MoE block only when moe_implementation == 'shard'; 'origin' (the default)
+    # builds per-expert modules, and expert_in_one_shard (default None, saved in every XTuner config.json)
+    # is read only by the shard block. So the value of moe_implementation decides, not the key's presence:
+    # InternLM/xtuner@v0.1.23:xtuner/model/transformers_models/deepseek_v2/modeling_deepseek.py:1287-1293,
+    # .../mixtral/modeling_mixtral.py:1030-1036, .../deepseek_v2/configuration_deepseek.py:166-167 and
+    # xtuner/engine/hooks/hf_checkpoint_hook.py:27-30 (_use_shard_moe: getattr(..., 'origin') == 'shard').
+    if config.get("moe_implementation") == "shard":
         rep.findings.append(Finding(
             id="ckpt.xtuner-shard-config", severity="warning",
             title="config.json still asks for XTuner's shard MoE",
             seen=f"moe_implementation={config.get('moe_implementation')!r}, expert_in_one_shard={config.get('expert_in_one_shard')!r}",
-            why="Hugging Face loaders and inference engines expect per-expert weights; XTuner's shard layout is a training-time format.",
-            fix="use the hf_model/ folder that XTuner's HFCheckpointHook writes (get_origin_state_dict un-merges the experts) and its config.json",
-            sources=["InternLM/xtuner@94a4fcb0f53d63ceb85334bb456c073251669ccb:xtuner/utils/handle_moe_load_and_save.py:56"]))
+            why="XTuner's model classes build merged expert shards (experts.S.w1w3) from this config, while Hugging Face "
+                "loaders and inference engines expect per-expert weights; shard MoE is a training-time format. "
+                "XTuner's HFCheckpointHook un-merges the weights of hf_model/ but saves the training config as it is.",
+            fix="set \"moe_implementation\": \"origin\" in config.json for inference and conversion, or load with "
+                "XTuner's from_pretrained(..., moe_implementation='shard'), which merges per-expert weights while loading",
+            sources=[
+                "InternLM/xtuner@v0.1.23:xtuner/model/transformers_models/deepseek_v2/modeling_deepseek.py:1287-1293",
+                "InternLM/xtuner@v0.1.23:xtuner/model/transformers_models/deepseek_v2/modeling_deepseek.py:1443-1451 from_pretrained",
+                "InternLM/xtuner@v0.1.23:xtuner/engine/hooks/hf_checkpoint_hook.py:27-30,64-69",
+            ]))
     _layout_advice(rep, None)
     if rep.layout == "xtuner-merged":
         rep.findings.append(Finding(

@@ -156,6 +156,26 @@ def test_xtuner_merged_layout_counts_experts_per_shard(tmp_path):
     assert r.complete  # warnings, not errors: the weights are all there
 
 
+
+# XTuner 0.1.23 writes both keys into every DeepSeek-V2/Mixtral config.json (defaults 'origin' and None);
+# only moe_implementation == 'shard' selects its shard-MoE block (modeling_deepseek.py:1287-1293).
+@pytest.mark.parametrize("moe_implementation, expert_in_one_shard, warned", [
+    ("shard", 2, True),
+    ("origin", None, False),  # what XTuner's DeepseekV2Config.save_pretrained writes by default
+    ("origin", 2, False),  # a leftover shard size does nothing while the implementation is 'origin'
+])
+def test_xtuner_shard_config_warning_follows_moe_implementation(tmp_path, moe_implementation, expert_in_one_shard, warned):
+    cfg = {"model_type": "deepseek_v2", "architectures": ["DeepseekV2ForCausalLM"], "num_hidden_layers": 3,
+           "n_routed_experts": 4, "first_k_dense_replace": 1, "moe_layer_freq": 1,
+           "moe_implementation": moe_implementation, "expert_in_one_shard": expert_in_one_shard}
+    write_hf_folder(tmp_path / "m", cfg, split(deepseek_tensors(3, 4, first_dense=1), 2))
+    r = inspect_checkpoint(str(tmp_path / "m"))
+    assert r.layout == "hf-mlp-experts" and r.complete, r.findings
+    assert ("ckpt.xtuner-shard-config" in ids(r)) is warned
+    p = cli("ckpt", str(tmp_path / "m"))
+    assert p.returncode == 0, p.stderr
+    assert ("still asks for XTuner's shard MoE" in p.stdout) is warned
+
 def test_single_file_safetensors(tmp_path):
     write_safetensors(tmp_path / "model.safetensors", mixtral_tensors(1, 2))
     r = inspect_checkpoint(str(tmp_path / "model.safetensors"))

@@ -203,23 +203,85 @@ UNRELATED_LINES = [
 ]
 
 
-def _issues(matrix):
-    return [ki for name in PROJECTS for ki in _project(matrix, name).known_issues]
+# From the 2026-11-22 source audit (compat_matrix/AUDIT.md): each string is printed by the cited code
+# (deepspeed sdists 0.13.5/0.15.0 op_builder/builder.py, zero/stage_1_and_2.py; transformers wheels;
+# MGM builder.py; flash-attention v2.5.8 setup.py / flash_api.cpp), by Python 3.11 itself, or by real
+# pip and uv runs against a local index holding deepspeed 0.15.0 (which requires pydantic>=2.0.0).
+AUDIT_REAL_LINES = [
+    # uv words the conflict with == and >= (pip uses a space); all three must be explained
+    ("  cause: Because deepspeed==0.15.0 depends on pydantic>=2.0.0 and you require deepspeed==0.15.0, we can "
+     "conclude that you require pydantic>=2.0.0.", "mgm-deepspeed-pydantic-conflict"),
+    ("  cause: Because deepspeed>=0.15.0 depends on pydantic>=2.0.0 and you require deepspeed>=0.15, we can "
+     "conclude that you require pydantic>=2.0.0.", "mgm-deepspeed-pydantic-conflict"),
+    ("    deepspeed 0.15.0 depends on pydantic>=2.0.0", "mgm-deepspeed-pydantic-conflict"),
+    ("deepspeed.ops.op_builder.builder.CUDAMismatchException: >- DeepSpeed Op Builder: Installed CUDA version 12.4 "
+     "does not match the version torch was compiled with 11.8, unable to compile cuda/cpp extensions without a "
+     "matching cuda version.", "mgm-deepspeed-nvcc-mismatch"),
+    ("You are using a model of type mixtral to instantiate a model of type mini_gemini. This is not supported for "
+     "all configurations of models and can yield errors.", "mgm-mixtral-routed-dense"),
+    ("Some weights of the model checkpoint at model_zoo/LLM/mixtral/Mixtral-8x7B-Instruct-v0.1 were not used when "
+     "initializing MGMLlamaForCausalLM: ['model.layers.0.block_sparse_moe.gate.weight']", "mgm-mixtral-routed-dense"),
+    ("TypeError: MGMLlamaForCausalLM.forward() got an unexpected keyword argument 'cache_position'",
+     "mgm-cache-position"),
+    ("ModuleNotFoundError: No module named 'transformers.deepspeed'", "mgm-transformers-deepspeed-removed"),
+    ("ValueError: Unknown vision tower: model_zoo/clip-vit-large-patch14-336", "mgm-vision-tower-unknown"),
+    ("\tsize mismatch for 0.weight: copying a param with shape torch.Size([7168, 1024]) from checkpoint, the shape "
+     "in current model is torch.Size([0]).", "mgm-zero3-projector-empty"),
+    ("ValueError: Your setup doesn't support bf16/gpu. You need torch>=1.10, using Ampere GPU with cuda>=11.0",
+     "mgm-bf16-tf32-pre-ampere"),
+    ("ValueError: --tf32 requires Ampere or a newer GPU arch, cuda>=11 and torch>=1.7", "mgm-bf16-tf32-pre-ampere"),
+    ("RuntimeError: FlashAttention only supports Ampere GPUs or newer.", "mgm-bf16-tf32-pre-ampere"),
+    ("RuntimeError: FlashAttention is only supported on CUDA 11.6 and above.  Note: make sure nvcc has a supported "
+     "version by running nvcc -V.", "mgm-flash-attn-build-cuda"),
+    ("AssertionError: Contiguous Gradients in ZeRO Stage 2 must be set to True for MoE. Other code paths are not "
+     "tested with MoE", "moellava-stage2-moe-asserts"),
+    ("AssertionError: Reduce Scatter in ZeRO Stage 2 must be set to True for MoE. Other code paths are not tested "
+     "with MoE", "moellava-stage2-moe-asserts"),
+    ("    return cdb.all_to_all_single(output=output, AttributeError: 'NoneType' object has no attribute "
+     "'all_to_all_single'", "moellava-no-process-group"),
+    ("TypeError: Trainer._save_checkpoint() takes 3 positional arguments but 4 were given",
+     "moellava-save-checkpoint-metrics"),
+]
+
+# Harmless look-alikes from the same audit: the patterns of the two projects once matched the first two.
+AUDIT_LOOKALIKE_LINES = [
+    # deepspeed op_builder/builder.py: a CUDA minor mismatch it accepts, and the DS_SKIP_CUDA_CHECK=1 override
+    "Installed CUDA version 12.2 does not match the version torch was compiled with 12.1 but since the APIs are "
+    "compatible, accepting this combination",
+    "\033[93m [WARNING] \033[0m DeepSpeed Op Builder: Installed CUDA version 12.6 does not match the version torch "
+    "was compiled with 12.1.Detected `DS_SKIP_CUDA_CHECK=1`: Allowing this combination of CUDA, but it may result "
+    "in unexpected behavior.",
+    "    deepspeed 0.14.5 depends on pydantic",  # 0.12.6-0.14.5 accept pydantic 1 and 2
+    "Some weights of MGMMixtralForCausalLM were not initialized from the model checkpoint",
+]
 
 
-def _matches(issue, line):
-    return any(re.search(p, line) for p in issue.patterns)
+def _triage_ids(matrix, line):
+    """Ids the log triage of `moe-env explain` reports for LINE with the two projects chosen (the
+    streaming path: literal prefilter, then the full patterns on the candidate lines)."""
+    from moe_env.triage import explain_text
+
+    triage = explain_text(line + "\n", matrix, [_project(matrix, name) for name in PROJECTS])
+    return sorted(issue_id for _, issue_id in triage.matches)
 
 
-@pytest.mark.parametrize("line,expected", REAL_LINES)
+@pytest.mark.parametrize("line,expected", REAL_LINES + AUDIT_REAL_LINES,
+                         ids=[f"{e}-{i}" for i, (_, e) in enumerate(REAL_LINES + AUDIT_REAL_LINES)])
 def test_real_error_lines_are_explained(matrix, line, expected):
-    hits = [ki.id for ki in _issues(matrix) if _matches(ki, line)]
-    assert expected in hits
+    assert expected in _triage_ids(matrix, line)
 
 
-@pytest.mark.parametrize("line", UNRELATED_LINES)
+@pytest.mark.parametrize("line", UNRELATED_LINES + AUDIT_LOOKALIKE_LINES,
+                         ids=[f"lookalike-{i}" for i in range(len(UNRELATED_LINES + AUDIT_LOOKALIKE_LINES))])
 def test_unrelated_lines_match_nothing(matrix, line):
-    assert [ki.id for ki in _issues(matrix) if _matches(ki, line)] == []
+    assert _triage_ids(matrix, line) == []
+
+
+def test_every_known_issue_of_the_two_projects_has_a_real_line(matrix):
+    """A known issue with no real line above is a pattern nobody has seen match."""
+    covered = {expected for _, expected in REAL_LINES + AUDIT_REAL_LINES}
+    with_patterns = {ki.id for name in PROJECTS for ki in _project(matrix, name).known_issues if ki.patterns}
+    assert with_patterns - covered == set()
 
 
 # ------------------------------------------------------------------ launch rules, judged by check-config's kinds
@@ -264,6 +326,34 @@ def test_mgm_zero3_without_gather_and_bf16_on_volta(matrix):
                                "--bf16", "True"], {"zero_optimization": {"stage": 3}}, "8x7b", ["7.0"])
     assert {"mgm-zero3-gather-on-save", "mgm-bf16-sm80"} <= got
 
+
+
+# From the audit (AUDIT.md): MGM's inference builder keys on get_model_name_from_path (mm_utils.py:65-71:
+# "<parent>_checkpoint-N" for a checkpoint-N folder) containing "mgm" and "8x7b" (builder.py:49-76).
+@pytest.mark.parametrize("model_path,flagged", [
+    ("work_dirs/MGM-8x7B-HD/checkpoint-2000", False),  # the parent's name counts
+    ("work_dirs/MGM-8x7B-HD/checkpoint-2000/", False),
+    ("work_dirs/MGM-8x7B-HD", False),
+    ("work_dirs/MGM-Mixtral-ft", True),  # no "8x7b": loads as Llama
+    ("work_dirs/MGM-Mixtral-ft/checkpoint-2000", True),
+    ("work_dirs/Mini-Gemini-8x7B", True),  # no "mgm": skips the MGM loader
+])
+def test_mgm_inference_folder_name(matrix, model_path, flagged):
+    argv = ["python", "-m", "mgm.serve.cli", "--model-path", model_path]
+    assert ("mgm-inference-folder-name" in _run(matrix, "mgm", argv, None, "8x7b")) is flagged
+
+
+# builder.py:14 tests "openai" in any case but "ShareGPT4V" case-sensitively.
+@pytest.mark.parametrize("tower,flagged", [
+    ("x/sharegpt4v-tower", True),
+    ("model_zoo/ShareGPT4V/sharegpt4v-7b", False),
+    ("model_zoo/OpenAI/clip-vit-large-patch14-336", False),
+    ("model_zoo/openai/clip-vit-large-patch14-336", False),
+    ("model_zoo/clip-vit-large-patch14-336", True),
+])
+def test_mgm_vision_tower_name(matrix, tower, flagged):
+    argv = ["deepspeed", "mgm/train/train_mem.py", "--vision_tower", tower]
+    assert ("mgm-vision-tower-name" in _run(matrix, "mgm", argv, None, "8x7b")) is flagged
 
 def test_moe_llava_shipped_launch_passes_and_zero3_is_refused(matrix):
     argv = ["deepspeed", "moellava/train/train_mem.py", "--moe_enable", "True", "--train_modules", "fc1", "fc2",
