@@ -34,7 +34,7 @@ _PREFIX = re.compile(r"^([A-Za-z0-9_.\-\[\]]+): ?(.*)$")
 class NodeReport:
     node: str  # the name the node goes by in the output
     origin: str  # where it came from: a file, "stdin", "stdin (host n01)"
-    environment: Dict[str, Any]
+    facts: Dict[str, Tuple[str, bool, Optional[str]]]  # node_facts() of its environment
 
 
 @dataclass
@@ -81,27 +81,46 @@ class FleetDiff:
 # ---------------------------------------------------------------- reading
 
 
+# Reading is JSON decoding of ~75 KiB per node; past this many files it is spread over processes.
+PARALLEL_FROM = 64
+
+
 def read_reports(paths: Sequence[str], stdin_text: Optional[str] = None) -> List[NodeReport]:
     """Reports from files, folders (their *.json and *.jsonl files) and, for "-", stdin's text."""
     reports: List[NodeReport] = []
+    files: List[Path] = []
     for raw in paths:
         if raw == "-":
             reports.extend(parse_stream(stdin_text or "", "stdin"))
             continue
         path = Path(raw)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".jsonl", ".txt", ".log"))
-            if not files:
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".jsonl", ".txt", ".log"))
+            if not found:
                 raise UsageError(f"{path}: folder holds no reports (*.json, *.jsonl); write one per node with `moe-env doctor --json > DIR/$(hostname).json`")
-            for file in files:
-                reports.extend(parse_stream(_read(file), str(file), default_node=file.stem))
+            files.extend(found)
         elif path.exists():
-            reports.extend(parse_stream(_read(path), str(path), default_node=path.stem))
+            files.append(path)
         else:
             raise UsageError(f"{path}: no such file or folder")
+    workers = min(os.cpu_count() or 1, 8)
+    if len(files) >= PARALLEL_FROM and workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for parsed in pool.map(_parse_file, [str(f) for f in files], chunksize=32):
+                reports.extend(parsed)
+    else:
+        for file in files:
+            reports.extend(_parse_file(str(file)))
     if not reports:
         raise UsageError("no reports read; pass files or folders, or pipe `srun ... moe-env doctor --json` into `moe-env diff -`")
     return _unique_names(reports)
+
+
+def _parse_file(name: str) -> List[NodeReport]:
+    path = Path(name)
+    return parse_stream(_read(path), name, default_node=path.stem)
 
 
 def _read(path: Path) -> str:
@@ -156,7 +175,7 @@ def _node_reports(documents: List[Any], host: Optional[str], where: str, default
             node = default_node
         else:
             node = _hostname(env) or f"{default_node or where}#{index + 1}"
-        reports.append(NodeReport(node=node, origin=where, environment=env))
+        reports.append(NodeReport(node=node, origin=where, facts=node_facts(env)))
     return reports
 
 
@@ -257,7 +276,7 @@ def diff_reports(reports: Sequence[NodeReport], ignore: Iterable[str] = ()) -> F
     for item in ignored:
         ignored_facts.update({f"package {item}", item})
     nodes = [r.node for r in reports]
-    per_node = [node_facts(r.environment) for r in reports]
+    per_node = [r.facts for r in reports]
     names = sorted({name for facts in per_node for name in facts})
     drifts: List[Drift] = []
     for name in names:

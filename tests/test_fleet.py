@@ -175,3 +175,27 @@ def test_not_a_report(tmp_path):
     other.write_text('{"hello": 1}')
     proc = _diff(other)
     assert proc.returncode == 2 and "not a moe-env doctor report" in proc.stderr
+
+
+def test_many_reports_read_in_parallel_find_the_one_drifting_node(fleet, tmp_path):
+    """Past PARALLEL_FROM files the reports are decoded in worker processes; results must not change."""
+    from moe_env.fleet import PARALLEL_FROM
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    good = (fleet / "n1.json").read_text()
+    for i in range(PARALLEL_FROM + 6):
+        (folder / f"node{i:03d}.json").write_text(good)
+    (folder / "node042.json").write_text((fleet / "n3.json").read_text())
+    proc = _diff(folder, "--json")
+    assert proc.returncode == 1, proc.stderr
+    result = json.loads(proc.stdout)
+    assert len(result["nodes"]) == PARALLEL_FROM + 6
+    groups = {g["value"]: g["nodes"] for g in result["drift"][0]["groups"]}
+    assert groups["0.14.5"] == ["node042"]
+    assert len(groups["0.14.4"]) == PARALLEL_FROM + 5
+
+    (folder / "node007.json").write_text(good[:100])
+    proc = _diff(folder)
+    assert proc.returncode == 2
+    assert "node007.json" in proc.stderr and "truncated" in proc.stderr and "Traceback" not in proc.stderr
