@@ -7,12 +7,11 @@ does) and two stacks: `toy-good` pins a fake deepspeed 0.13.2 that has it, `toy-
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import textwrap
-import zipfile
 from pathlib import Path
 from typing import Dict, List
+
+from fakes import build_wheel, sha256  # noqa: F401  (sha256: used here and by the tests)
 
 REPO = Path(__file__).resolve().parent.parent
 SRC = "release:toymoe==0.1 test fixture"
@@ -142,32 +141,7 @@ def _dist_files(name: str, version: str) -> Dict[str, str]:
 
 
 def make_wheel(dest: Path, name: str, version: str, files: Dict[str, str] = None, requires: List[str] = ()) -> Path:
-    """A real (tiny) py3-none-any wheel with METADATA, WHEEL and a RECORD of sha256 digests."""
-    files = dict(files if files is not None else _dist_files(name, version))
-    dist = name.replace("-", "_")
-    info = f"{dist}-{version}.dist-info"
-    meta = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"] + [f"Requires-Dist: {r}" for r in requires]
-    files[f"{info}/METADATA"] = "\n".join(meta) + "\n"
-    files[f"{info}/WHEEL"] = "Wheel-Version: 1.0\nGenerator: moe-env-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    record = []
-    for rel, content in files.items():
-        data = content.encode("utf-8")
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{rel},sha256={digest},{len(data)}")
-    record.append(f"{info}/RECORD,,")
-    files[f"{info}/RECORD"] = "\n".join(record) + "\n"
-    dest.mkdir(parents=True, exist_ok=True)
-    path = dest / f"{dist}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for rel in sorted(files):
-            info_ = zipfile.ZipInfo(rel, date_time=(2024, 1, 1, 0, 0, 0))
-            info_.external_attr = 0o644 << 16
-            zf.writestr(info_, files[rel])
-    return path
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return build_wheel(dest, name, version, requires=requires, files=files if files is not None else _dist_files(name, version))
 
 
 def write_toy_lockfiles(lock_root: Path, wheelhouse: Path) -> Dict[str, Path]:

@@ -175,3 +175,44 @@ def deepspeed_files(version: str, z3_leaf: bool, moe_params: Iterable[str] = (
     elif build_info is not None:
         files["deepspeed/git_version_info_installed.py"] = build_info
     return files
+
+
+def build_wheel(dest: Path, name: str, version: str, requires: Iterable[str] = (),
+                files: Optional[Dict[str, object]] = None) -> Path:
+    """A real, installable (tiny) py3-none-any wheel: METADATA, WHEEL and a RECORD of sha256 digests.
+
+    `files` maps archive paths to str or bytes; by default one `<module>/__init__.py` with __version__.
+    Dates are fixed so the same call gives the same bytes (and hashes) every time.
+    """
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = name.replace("-", "_")
+    info = f"{dist}-{version}.dist-info"
+    contents: Dict[str, bytes] = {}
+    for rel, content in (files if files is not None else {f"{dist}/__init__.py": f"__version__ = {version!r}\n"}).items():
+        contents[rel] = content if isinstance(content, bytes) else str(content).encode("utf-8")
+    meta = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"] + [f"Requires-Dist: {r}" for r in requires]
+    contents[f"{info}/METADATA"] = ("\n".join(meta) + "\n").encode()
+    contents[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: moe-env-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    record = []
+    for rel, data in contents.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{rel},sha256={digest},{len(data)}")
+    record.append(f"{info}/RECORD,,")
+    contents[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / f"{dist}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for rel in sorted(contents):
+            entry = zipfile.ZipInfo(rel, date_time=(2024, 1, 1, 0, 0, 0))
+            entry.external_attr = 0o644 << 16
+            archive.writestr(entry, contents[rel])
+    return path
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
