@@ -7,16 +7,15 @@ including torch-like `+cu118` builds on a second index laid out like the PyTorch
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import http.server
 import os
 import socketserver
 import threading
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, List, Sequence, Tuple
+
+from fakes import build_wheel, sha256
 
 # ---------------------------------------------------------------- matrix
 
@@ -203,34 +202,8 @@ def write_matrix(root: Path) -> Path:
 
 
 def make_wheel(dest: Path, name: str, version: str, requires: Sequence[str] = ()) -> Path:
-    """A tiny, installable py3-none-any wheel with real metadata and RECORD."""
-    dist = name.replace("-", "_")
-    fname = f"{dist}-{version}-py3-none-any.whl"
-    info = f"{dist}-{version}.dist-info"
-    files: Dict[str, bytes] = {
-        f"{dist}/__init__.py": f"__version__ = {version!r}\n".encode(),
-        f"{info}/METADATA": (
-            "Metadata-Version: 2.1\n" f"Name: {name}\n" f"Version: {version}\n"
-            + "".join(f"Requires-Dist: {r}\n" for r in requires)
-        ).encode(),
-        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: moe-env-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = []
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-    record.append(f"{info}/RECORD,,")
-    files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
-    dest.mkdir(parents=True, exist_ok=True)
-    out = dest / fname
-    with zipfile.ZipFile(out, "w") as zf:
-        for path, data in files.items():
-            zf.writestr(zipfile.ZipInfo(path, date_time=(2024, 1, 1, 0, 0, 0)), data)
-    return out
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """A tiny, installable py3-none-any wheel with real metadata and RECORD (tests/fakes.py builds it)."""
+    return build_wheel(dest, name, version, requires)
 
 
 # (index, name, version, requires): "main" is the default index, "cu118" the PyTorch-like folder
