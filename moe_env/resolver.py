@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 from moe_env.errors import UsageError
+from moe_env.lock.shipped import shipped_lockfile
 from moe_env.matrix.model import Matrix, Project, Stack, TorchRelease, Variant
 
 _CUDA_RE = re.compile(r"^\d+\.\d+$")
@@ -305,9 +306,13 @@ def resolve(
                 continue
             native = c == s.cuda
             py_native = python is None or python == s.python
-            # prefer: the stack's own build (a shipped lockfile), then the newest CUDA, then file order
+            # prefer: the stack's own build, then (no --cuda given) a stack that ships a lockfile, so that
+            # `moe-env lock PROJECT` answers offline; then the newest CUDA; then file order
             newest = tuple(-x for x in _vtuple(c)) if cuda == "auto" and c != "cpu" else (0,)
-            rank = (0 if native and py_native else 1, newest, order)
+            no_lockfile = 0 if (cuda is not None or shipped_lockfile(proj.name, s) is not None) else 1
+            rank = (0 if native and py_native else 1, no_lockfile, newest, order)
+            if native and py_native and cuda is None and not no_lockfile:
+                notes.append(f"{s.id} ships a lockfile (offline, hash-verified), so it goes before stacks that do not")
             candidates.append((rank, s, c, notes))
     if not candidates:
         detail = "; ".join(rejected[:4]) if rejected else "no stack matches"

@@ -174,3 +174,22 @@ def test_gpu_arch_without_cuda_retargets_only_when_needed(matrix):
     assert any("lacks kernels for the GPUs (--gpu-arch)" in x for x in r.reasons)
     with pytest.raises(UsageError, match="no known-good stack fits GPUs sm_120"):
         resolve(matrix, "toy", gpu_archs=["12.0"])
+
+
+def test_without_cuda_a_stack_that_ships_a_lockfile_goes_first(tmp_path, monkeypatch):
+    """`moe-env lock minigemini` must answer offline: among equally good stacks, the shipped one wins."""
+    from moe_env.lock.shipped import shipped_lockfile
+
+    shipped = load_matrix()
+    chosen = resolve(shipped, "minigemini", "8x7b")
+    assert shipped_lockfile("minigemini", chosen.stack) is not None
+    assert any("ships a lockfile" in r for r in chosen.reasons)
+    first = next(s for s in shipped.project("minigemini").stacks if "8x7b" in s.variants)
+    if shipped_lockfile("minigemini", first) is None:  # today: mgm-8x7b-cu118 (needs the PyTorch index)
+        assert chosen.stack.id != first.id
+
+    # with no lockfiles shipped at all, file order decides again (the first 8x7b stack)
+    empty = tmp_path / "no-lockfiles"
+    empty.mkdir()
+    monkeypatch.setenv("MOE_ENV_LOCKFILES", str(empty))
+    assert resolve(shipped, "minigemini", "8x7b").stack.id == first.id
