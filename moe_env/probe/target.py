@@ -1225,6 +1225,25 @@ def _origin(dist, errors):
     return None
 
 
+# ---------------------------------------------------------------- compiled files (elf.py, linkage.py)
+
+
+def _sibling(name):
+    """A stdlib-only helper beside this file, loaded by path (the probe runs with -I: no package, no sys.path)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
+    spec = importlib.util.spec_from_file_location("moe_env_probe_" + name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def linkage(dists, torch, errors):
+    """Compiled files judged as the dynamic linker would load them, read from ELF, never loaded."""
+    return _sibling("linkage").probe_linkage(_sibling("elf"), dists, torch, _record_files, _read_text, errors)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -1245,6 +1264,11 @@ def probe(symbols=(), extra_paths=()):
         except Exception as exc:  # a bug or an odd install must not cost the whole report
             errors.append("%s: probe failed (%s: %s)" % (key, type(exc).__name__, exc))
             result[key] = {} if key == "extensions" else None
+    try:
+        result["linkage"] = linkage(dists, result.get("torch"), errors)
+    except Exception as exc:  # as above: a bug or an odd file costs this section only
+        errors.append("linkage: probe failed (%s: %s)" % (type(exc).__name__, exc))
+        result["linkage"] = None
     api = {}
     for symbol in symbols:
         try:

@@ -1,0 +1,179 @@
+"""Compiled extensions judged against the installed torch, read from ELF across the real process boundary.
+
+A real venv holds a fake-but-real torch (torch/lib/libc10.so compiled here, C++11 ABI, CPU build) and
+extensions compiled here, each broken one way. `moe-env doctor --python VENV --json` runs in a
+subprocess; nothing in the venv may be imported or dlopened (every .so has a constructor that writes
+a sentinel file). Where the finding quotes an ImportError, a separate throwaway interpreter really
+imports the module to prove the quoted text is what Python says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from doctor_support import moe_env_cli
+from elf_support import (EXT_MISSING_SYMBOL, EXT_NEEDS_HELPER, EXT_NEW_GLIBCXX, EXT_OK, EXT_OLD_ABI, HELPER, LIBC10,
+                         PY_TAG, compile_so, fake_libstdcxx, needs_compiler)
+from fakes import torch_files
+
+pytestmark = needs_compiler
+
+HOST = {"MOE_ENV_GPUS": "none", "MOE_ENV_NVCC_VERSION": "12.1"}
+
+
+def _wheel(info: Path, tag: str = "cp311-cp311-linux_x86_64") -> None:
+    (info / "WHEEL").write_text(f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\nTag: {tag}\n")
+
+
+def _so(build: Path, name: str, source: str, args=(), cxx: bool = True) -> bytes:
+    return compile_so(build / name, source, cxx=cxx, args=list(args)).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def ext_env(tmp_path_factory):
+    """One venv with torch 2.13.0+cpu and seven distributions shipping compiled files."""
+    from fakes import make_venv
+
+    root = tmp_path_factory.mktemp("ext")
+    venv = make_venv(root / "venv")
+    build = root / "build"
+    libc10 = compile_so(build / "torchlib" / "libc10.so", LIBC10, soname="libc10.so")
+    torch_lib = ["-L", str(libc10.parent), "-Wl,--no-as-needed", "-lc10"]
+    at_root = ["-Wl,-rpath,$ORIGIN/torch/lib"]  # extensions at site-packages' top, as flash_attn_2_cuda is
+    in_pkg = ["-Wl,-rpath,$ORIGIN/../torch/lib"]
+
+    venv.add_dist("torch", "2.13.0+cpu", files={**torch_files("2.13.0+cpu", cuda=None, cxx11_abi=1),
+                                                 "torch/lib/libc10.so": libc10.read_bytes()})
+    venv.add_dist("good-ext", "1.0", files={f"good_ext/_C{PY_TAG}": _so(build, "good.so", EXT_OK, torch_lib + in_pkg)})
+    info = venv.add_dist("flash-attn", "2.0.4+cu117torch2.0cxx11abiTRUE", files={
+        f"flash_attn_2_cuda{PY_TAG}": _so(build, "fa.so", EXT_MISSING_SYMBOL, torch_lib + at_root),
+        "flash_attn/__init__.py": "import flash_attn_2_cuda\n"})
+    _wheel(info)
+    venv.add_dist("old-abi-ext", "0.3", files={
+        f"old_abi_ext/_C{PY_TAG}": _so(build, "old.so", EXT_OLD_ABI, ["-D_GLIBCXX_USE_CXX11_ABI=0"] + torch_lib + in_pkg)})
+    cudart = compile_so(build / "cuda11" / "libcudart.so.11.0", HELPER, cxx=False, soname="libcudart.so.11.0")
+    venv.add_dist("cuda11-ext", "1.2", files={
+        f"cuda11_ext/_C{PY_TAG}": _so(build, "cu11.so", EXT_NEEDS_HELPER.replace("moe_helper", "moe_helper"),
+                                      torch_lib + in_pkg + [str(cudart)])})
+    gone = compile_so(build / "gone" / "libmoe_gone.so", HELPER, cxx=False, soname="libmoe_gone.so")
+    venv.add_dist("helper-ext", "0.9", files={
+        f"helper_ext/_C{PY_TAG}": _so(build, "helper.so", EXT_NEEDS_HELPER, torch_lib + in_pkg + [str(gone)])})
+    venv.add_dist("partial-pkg", "4.0", files={"partial_pkg/__init__.py": "", "partial_pkg/_core.so": b"\x7fELF..."})
+    (venv.site / "partial_pkg" / "_core.so").unlink()
+    good = (venv.site / "good_ext" / f"_C{PY_TAG}").read_bytes()
+    venv.add_dist("broken-so", "1.0", files={"broken_so/_C.so": good[:300]})
+    return venv
+
+
+def _doctor(venv, tmp_path, env=None):
+    log = tmp_path / "imported.log"
+    res = moe_env_cli(["doctor", "--python", str(venv.python), "--json"],
+                      env={**HOST, "MOE_ENV_TEST_IMPORTED": str(log), **(env or {})})
+    assert res.returncode in (0, 1), res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    assert not log.exists(), "the probe loaded a shared object: " + log.read_text()
+    return json.loads(res.stdout)
+
+
+def _by(doc, fid, text):
+    return [f for f in doc["findings"] if f["id"] == fid and text in f["title"] + f["seen"]]
+
+
+def _real_import(venv, module: str, tmp_path) -> str:
+    """What importing `module` really raises, in a separate interpreter (never the probe's)."""
+    res = subprocess.run([str(venv.python), "-c", f"import {module}"], capture_output=True, text=True,
+                         env={**os.environ, "MOE_ENV_TEST_IMPORTED": str(tmp_path / "real-import.log")})
+    assert res.returncode != 0
+    return res.stderr.strip().splitlines()[-1]
+
+
+def test_extension_findings_across_the_process_boundary(ext_env, tmp_path):
+    doc = _doctor(ext_env, tmp_path)
+    link = doc["environment"]["linkage"]
+    assert sorted(link["compiled"]) == ["cuda11-ext", "flash-attn", "good-ext", "helper-ext", "old-abi-ext"]
+
+    # a symbol libc10 does not export: the finding quotes what `import` says, word for word
+    (fa,) = _by(doc, "ext.undefined-symbol", "flash-attn")
+    assert fa["severity"] == "error"
+    real = _real_import(ext_env, "flash_attn_2_cuda", tmp_path)
+    assert real.startswith("ImportError: ") and "undefined symbol: _ZN3c10" in real
+    assert f"`{real}`" in fa["seen"]
+    assert "CUDA 11.7, torch 2.0, cxx11abiTRUE" in fa["seen"] and "cp311-cp311-linux_x86_64" in fa["seen"]
+    assert "2 of 3 torch symbols" in fa["seen"]
+    assert "flash-attn==2.0.4" in fa["fix"] and "moe-env build-steps" in fa["fix"]
+    assert any("flash-attention#" in s for s in fa["sources"])
+
+    # the other C++ ABI: one finding (its undefined symbol folded in), with the real ImportError
+    (abi,) = _by(doc, "ext.cxx11-abi-mismatch", "old-abi-ext")
+    assert not _by(doc, "ext.undefined-symbol", "old-abi-ext")
+    assert "pre-C++11 ABI" in abi["seen"] and "cxx11abiTRUE" in abi["fix"]
+    assert f"`{_real_import(ext_env, 'old_abi_ext._C', tmp_path)}`" in abi["seen"]
+
+    # built for CUDA 11 next to a CPU torch: the missing libcudart.so.11.0 is explained by the mismatch
+    (cu,) = _by(doc, "ext.cuda-major-mismatch", "cuda11-ext")
+    assert cu["severity"] == "error" and "CPU only" in cu["title"]
+    assert not _by(doc, "ext.missing-library", "cuda11-ext")
+    real = _real_import(ext_env, "cuda11_ext._C", tmp_path)
+    assert real == "ImportError: libcudart.so.11.0: cannot open shared object file: No such file or directory"
+    assert f"`{real}`" in cu["seen"]
+
+    (miss,) = _by(doc, "ext.missing-library", "helper-ext")
+    assert "libmoe_gone.so" in miss["title"]
+    assert f"`{_real_import(ext_env, 'helper_ext._C', tmp_path)}`" in miss["seen"]
+
+    (part,) = _by(doc, "dist.partial-install", "partial-pkg")
+    assert part["severity"] == "error" and "partial_pkg/_core.so" in part["seen"]
+    assert part["fix"] == "pip install --force-reinstall --no-deps partial-pkg==4.0"
+    (broken,) = _by(doc, "dist.partial-install", "broken-so")
+    assert broken["severity"] == "warning" and "broken_so/_C.so" in broken["seen"]
+
+    assert not [f for f in doc["findings"] if "good-ext" in f["title"] + f["seen"]]
+    assert not [f for f in doc["findings"] if f["id"].startswith("sys.")]
+    assert len([f for f in doc["findings"] if f["id"].startswith(("ext.", "dist."))]) == 6
+
+
+def test_newer_glibcxx_than_the_loaded_libstdcxx(ext_env, tmp_path):
+    """An extension linked against a libstdc++ defining GLIBCXX_3.4.29, a process that loads one stopping at 3.4.20."""
+    build = tmp_path / "build"
+    newer = fake_libstdcxx(build / "newer", "GLIBCXX_3.4.29")
+    older = fake_libstdcxx(tmp_path / "older", "GLIBCXX_3.4.20")
+    site = ext_env.site
+    ext = site / "glibcxx_ext" / f"_C{PY_TAG}"
+    compile_so(ext, EXT_NEW_GLIBCXX, cxx=False,
+               args=[str(newer), "-L", str(site / "torch" / "lib"), "-Wl,--no-as-needed", "-lc10",
+                     "-Wl,--allow-shlib-undefined", "-Wl,-rpath,$ORIGIN/../torch/lib"])
+    info = ext_env.add_dist("glibcxx-ext", "1.0", files={})
+    (info / "RECORD").write_text(f"glibcxx_ext/_C{PY_TAG},,\n{info.name}/RECORD,,\n")
+    try:
+        doc = _doctor(ext_env, tmp_path, env={"LD_LIBRARY_PATH": str(older.parent)})
+        link = doc["environment"]["linkage"]
+        assert link["libstdcxx"] == str(older)
+        assert "GLIBCXX_3.4.29" not in link["libstdcxx_versions"]
+        (f,) = [f for f in doc["findings"] if f["id"] == "sys.glibcxx-too-old"]
+        assert f["severity"] == "error" and "GLIBCXX_3.4.29" in f["title"]
+        assert f"glibcxx-ext 1.0 (glibcxx_ext/_C{PY_TAG}) needs GLIBCXX_3.4.29" in f["seen"]
+        assert f"{older}: version `GLIBCXX_3.4." in f["seen"] and "not found (required by " in f["seen"]
+        # without the old copy on LD_LIBRARY_PATH the system's libstdc++ is loaded, and it is new enough
+        doc = _doctor(ext_env, tmp_path)
+        assert doc["environment"]["linkage"]["libstdcxx"] != str(older)
+    finally:
+        import shutil
+
+        shutil.rmtree(site / "glibcxx_ext")
+        shutil.rmtree(info)
+
+
+def test_saved_report_is_judged_again(ext_env, tmp_path):
+    """`--from-json` reads the linkage section back: the same findings without probing."""
+    doc = _doctor(ext_env, tmp_path)
+    saved = tmp_path / "report.json"
+    saved.write_text(json.dumps(doc))
+    res = moe_env_cli(["doctor", "--from-json", str(saved), "--json"], env=HOST)
+    again = json.loads(res.stdout)
+    pick = lambda d: sorted((f["id"], f["seen"]) for f in d["findings"] if f["id"].startswith(("ext.", "dist.")))  # noqa: E731
+    assert pick(again) == pick(doc) and pick(doc)
