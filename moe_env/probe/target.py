@@ -1,8 +1,9 @@
 """moe-env probe: runs INSIDE the target interpreter and prints what it finds as JSON.
 
 Started as `python -I target.py [--stdin] [SYMBOL ...]` (stdin: {"symbols": [...], "extra_paths": [...]}).
-It must stay ONE stdlib-only file that parses and runs on Python 3.8 to 3.14, and it never imports
-the packages it inspects: a broken torch or a deepspeed whose import hangs must not stop the probe.
+It must stay ONE stdlib-only entry point that parses and runs on Python 3.8 to 3.14 (elf.py and linkage.py
+beside it are loaded by path, under the same rules), and it never imports or dlopens the packages it
+inspects: a broken torch or a deepspeed whose import hangs must not stop the probe.
 It reads files only:
 
 - distributions: every *.dist-info / *.egg-info on sys.path (METADATA / PKG-INFO headers, RECORD);
@@ -13,6 +14,9 @@ It reads files only:
   c10::Error's std::string parameter (`Ss` old ABI, `NSt7__cxx11...` new ABI);
 - deepspeed: deepspeed/git_version_info_installed.py, written by its setup.py at install time;
 - extensions: presence, version, compiled files listed in RECORD;
+- linkage (linkage.py + elf.py): every compiled file RECORD lists, the ELF dynamic sections of those that
+  link torch (DT_NEEDED resolved as ld.so would, torch symbols looked up in torch's libraries, CUDA
+  major, C++ ABI), the libstdc++/libc the process will load and the GLIBCXX_/GLIBC_ versions needed;
 - API surface: module source parsed with `ast`, following re-exports, executing nothing.
 
 Every failure becomes a line in `probe_errors`; the script itself never raises.
