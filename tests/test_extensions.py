@@ -177,3 +177,78 @@ def test_saved_report_is_judged_again(ext_env, tmp_path):
     again = json.loads(res.stdout)
     pick = lambda d: sorted((f["id"], f["seen"]) for f in d["findings"] if f["id"].startswith(("ext.", "dist.")))  # noqa: E731
     assert pick(again) == pick(doc) and pick(doc)
+
+
+def test_cuda_torch_libraries_come_from_the_nvidia_wheels(venv, tmp_path):
+    """An extension without RUNPATH finds libc10/libcudart because `import torch` loaded them (torch/lib, and
+    nvidia/cuda_runtime/lib through libc10_cuda's RUNPATH); without the nvidia wheel it cannot."""
+    build = tmp_path / "build"
+    libc10 = compile_so(build / "lib" / "libc10.so", LIBC10, soname="libc10.so")
+    cudart12 = compile_so(build / "cu12" / "libcudart.so.12", HELPER, cxx=False, soname="libcudart.so.12")
+    cudart11 = compile_so(build / "cu11" / "libcudart.so.11.0", HELPER, cxx=False, soname="libcudart.so.11.0")
+    c10_cuda = compile_so(build / "lib" / "libc10_cuda.so", "int c10_cuda_x(void) { return 0; }\n", cxx=False,
+                          soname="libc10_cuda.so",
+                          args=["-L", str(libc10.parent), "-Wl,--no-as-needed", "-lc10", str(cudart12),
+                                "-Wl,-rpath,$ORIGIN:$ORIGIN/../../nvidia/cuda_runtime/lib"])
+    c_ext = compile_so(build / "_C.so", "int torch_c(void) { return 0; }\n", cxx=False,
+                       args=["-L", str(libc10.parent), "-Wl,--no-as-needed", "-lc10_cuda", "-Wl,-rpath,$ORIGIN/lib"])
+    venv.add_dist("torch", "2.1.2+cu121", files={
+        **torch_files("2.1.2+cu121", cuda="12.1", cxx11_abi=0), f"torch/_C{PY_TAG}": c_ext.read_bytes(),
+        "torch/lib/libc10.so": libc10.read_bytes(), "torch/lib/libc10_cuda.so": c10_cuda.read_bytes()})
+    venv.add_dist("nvidia-cuda-runtime-cu12", "12.1.105",
+                  files={"nvidia/cuda_runtime/lib/libcudart.so.12": cudart12.read_bytes()})
+    venv.add_dist("nvidia-cuda-runtime-cu11", "11.8.89",
+                  files={"nvidia/cuda_runtime_cu11/lib/libcudart.so.11.0": cudart11.read_bytes()})
+    plain = ["-L", str(libc10.parent), "-Wl,--no-as-needed", "-lc10", "-lc10_cuda"]
+    venv.add_dist("cu12-ext", "1.0", files={
+        f"cu12_ext/_C{PY_TAG}": _so(build, "e12.so", EXT_OK.replace("c10::describe(\"x\").size()", "0"),
+                                    ["-D_GLIBCXX_USE_CXX11_ABI=0"] + plain + [str(cudart12)])})
+    venv.add_dist("cu11-ext", "1.0", files={
+        f"cu11_ext/_C{PY_TAG}": _so(build, "e11.so", EXT_OK.replace("c10::describe(\"x\").size()", "0"),
+                                    ["-D_GLIBCXX_USE_CXX11_ABI=0"] + plain + [
+                                        str(cudart11), "-Wl,-rpath,$ORIGIN/../nvidia/cuda_runtime_cu11/lib"])})
+    doc = _doctor(venv, tmp_path)
+    ext = [f for f in doc["findings"] if f["id"].startswith(("ext.", "dist."))]
+    # cu12-ext: everything resolves through what torch loaded; cu11-ext: its CUDA 11 runtime is there (its RUNPATH),
+    # a second runtime beside torch's: a warning, not an error
+    assert [(f["id"], f["severity"]) for f in ext] == [("ext.cuda-major-mismatch", "warning")], ext
+    assert "cu11-ext" in ext[0]["title"]
+
+    import shutil
+
+    shutil.rmtree(venv.site / "nvidia" / "cuda_runtime")
+    doc = _doctor(venv, tmp_path)
+    (f,) = _by(doc, "ext.missing-library", "cu12-ext")
+    assert "`ImportError: libcudart.so.12: cannot open shared object file: No such file or directory`" in f["seen"]
+    (p,) = _by(doc, "dist.partial-install", "nvidia-cuda-runtime-cu12")
+    assert "nvidia/cuda_runtime/lib/libcudart.so.12" in p["seen"]
+
+
+def test_glibc_and_glibcxx_findings_from_a_saved_report():
+    """The checks are pure: a report naming versions this host's libraries lack is judged without probing."""
+    from moe_env.checks import run_checks
+    from moe_env.environment import Environment
+    from moe_env.matrix.loader import load_matrix
+
+    ext = {"file": "fa/_C.so", "path": "/env/site/fa/_C.so", "needed": ["libc10.so", "libc.so.6"],
+           "torch_libraries": ["libc10.so"], "versions_needed": {"libc.so.6": ["GLIBC_2.17", "GLIBC_2.38"],
+                                                                 "libstdc++.so.6": ["GLIBCXX_3.4.32"]}}
+    env = Environment.from_dict({
+        "python": {"version": "3.11.7", "implementation": "cpython", "executable": "/env/bin/python",
+                   "prefix": "/env", "platform": "linux-x86_64", "machine": "x86_64", "glibc": "2.35"},
+        "torch": {"version": "2.3.1+cu121", "cuda": "12.1", "cxx11_abi": False},
+        "linkage": {"torch_lib": "/env/site/torch/lib", "libstdcxx": "/usr/lib/x86_64-linux-gnu/libstdc++.so.6",
+                    "libstdcxx_versions": ["GLIBCXX_3.4", "GLIBCXX_3.4.30", "CXXABI_1.3"],
+                    "libc": "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                    "torch_versions_needed": [{"file": "/env/site/torch/lib/libc10.so",
+                                               "needs": {"libstdc++.so.6": ["GLIBCXX_3.4"]}}],
+                    "compiled": {"fa": {"distribution": "fa", "version": "1.0", "files": [ext]}}}})
+    found = {f.id: f for f in run_checks(env, load_matrix(), detect=False)}
+    glibc = found["sys.glibc-too-old"]
+    assert glibc.severity == "error" and "glibc 2.35 is older than GLIBC_2.38" in glibc.title
+    assert ("`ImportError: /usr/lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.38' not found "
+            "(required by /env/site/fa/_C.so)`") in glibc.seen
+    cxx = found["sys.glibcxx-too-old"]
+    assert "fa 1.0 (fa/_C.so) needs GLIBCXX_3.4.32" in cxx.seen and "torch" not in cxx.seen.split(";")[1]
+    # the extension's own finding (undefined symbols etc.) does not exist: nothing else is missing
+    assert not [i for i in found if i.startswith("ext.")]
