@@ -47,6 +47,36 @@ class ElfError(Exception):
     """A one-line reason why a file is not a readable ELF shared object."""
 
 
+def _open_regular(path):
+    """A read-only descriptor of a regular file; a FIFO or device is refused without blocking (O_NONBLOCK, fstat)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ElfError("cannot read (%s)" % (exc.strerror or exc))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ElfError("not a regular file")
+    except (OSError, ElfError):
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_head(path, limit):
+    fd = _open_regular(path)
+    try:
+        chunks, left = [], limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def gnu_hash(name):
     h = 5381
     for c in name:
@@ -70,21 +100,19 @@ class ElfFile(object):
 
     def __init__(self, path):
         self.path = path
+        fd = _open_regular(path)
         try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise ElfError("cannot read (%s)" % (exc.strerror or exc))
-        if not stat.S_ISREG(st.st_mode):
-            raise ElfError("not a regular file")
-        if st.st_size < 52:
-            raise ElfError("truncated (%d bytes, smaller than an ELF header)" % st.st_size)
-        if st.st_size > MAX_FILE:
-            raise ElfError("too large (%d bytes)" % st.st_size)
-        try:
-            with open(path, "rb") as fh:
-                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError) as exc:
-            raise ElfError("cannot map (%s)" % (getattr(exc, "strerror", None) or exc))
+            size = os.fstat(fd).st_size
+            if size < 52:
+                raise ElfError("truncated (%d bytes, smaller than an ELF header)" % size)
+            if size > MAX_FILE:
+                raise ElfError("too large (%d bytes)" % size)
+            try:
+                self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError) as exc:
+                raise ElfError("cannot map (%s)" % (getattr(exc, "strerror", None) or exc))
+        finally:
+            os.close(fd)
         self.size = len(self._map)
         try:
             self._parse()
@@ -487,9 +515,8 @@ def open_elf(path):
 def header_matches(path, bits, machine, little):
     """Whether `path` is an ELF file of this class, byte order and machine (ld.so skips the others)."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(20)
-    except OSError:
+        head = _read_head(path, 20)
+    except (OSError, ElfError):
         return False
     if len(head) < 20 or head[:4] != b"\x7fELF":
         return False
@@ -513,8 +540,9 @@ def read_ldcache(path="/etc/ld.so.cache", limit=64 << 20):
     entries of every architecture are returned; callers check the file's ELF header.
     """
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(limit + 1)
+        data = _read_head(path, limit + 1)
+    except ElfError as exc:
+        return {}, "%s: %s" % (path, exc)
     except OSError as exc:
         return {}, "%s: cannot read (%s)" % (path, exc.strerror or exc)
     if len(data) > limit:
