@@ -18,6 +18,7 @@ The layouts are those of the System V gABI and glibc's elf.h / dl-cache.h.
 """
 
 import mmap
+import operator
 import os
 import stat
 import struct
@@ -77,11 +78,24 @@ def _read_head(path, limit):
         os.close(fd)
 
 
+_POW33 = [1]
+for _ in range(4096):
+    _POW33.append(_POW33[-1] * 33 & 0xffffffff)
+del _
+
+
 def gnu_hash(name):
-    h = 5381
-    for c in name:
-        h = (h * 33 + c) & 0xffffffff
-    return h
+    """The DT_GNU_HASH hash: h = h * 33 + c from 5381, mod 2**32.
+
+    Evaluated as 5381 * 33**n + sum(c_i * 33**(n-1-i)) with the powers precomputed mod 2**32 and the
+    sum taken by map(): a C-level loop, ~10x faster than a Python one on 100-character mangled names."""
+    n = len(name)
+    if n >= len(_POW33):
+        h = 5381
+        for c in name:
+            h = (h * 33 + c) & 0xffffffff
+        return h
+    return (5381 * _POW33[n] + sum(map(operator.mul, name, _POW33[n - 1::-1] if n else ()))) & 0xffffffff
 
 
 def sysv_hash(name):
@@ -241,6 +255,10 @@ class ElfFile(object):
         if self._syment < (24 if self.bits == 64 else 16):
             raise ElfError("DT_SYMENT %d too small" % self._syment)
         self._versym = self._addr(dyn[DT_VERSYM]) if DT_VERSYM in dyn else None
+        self._u32 = struct.Struct(self._e + "I").unpack_from
+        self._sym64 = struct.Struct(self._e + "IBBH").unpack_from
+        self._sym32 = struct.Struct(self._e + "IIIBBH").unpack_from
+        self._uw = struct.Struct(self._e + w).unpack_from
         self._gnu = self._hash_tables()
         self._needs = None
 
@@ -300,6 +318,16 @@ class ElfFile(object):
             st_name, _v, _s, st_info, _o, st_shndx = self._unpack("IIIBBH", off)
         return st_name, st_info >> 4, st_shndx
 
+    def _name_shndx(self, index):
+        off = self._symtab + index * self._syment
+        if off < 0 or off + self._syment > self.size:
+            raise ElfError("symbol %d outside the file" % index)
+        if self.bits == 64:
+            st_name, _i, _o, st_shndx = self._sym64(self._map, off)
+        else:
+            st_name, _v, _s, _i, _o, st_shndx = self._sym32(self._map, off)
+        return st_name, st_shndx
+
     def symbol_count(self):
         """How many dynamic symbols there are: section header, else DT_HASH's nchain, else a .gnu.hash walk."""
         if self._dynsym_count is None and self._shnum:
@@ -328,27 +356,41 @@ class ElfFile(object):
                 break
         return top
 
-    def defines(self, name):
-        """Whether `name` (bytes) is a defined dynamic symbol, looked up through the hash table like ld.so."""
+    def defines(self, name, hashes=None):
+        """Whether `name` (bytes) is a defined dynamic symbol, looked up through the hash table like ld.so.
+
+        `hashes`: a dict to keep computed hashes in, shared by the callers asking several libraries."""
         g = self._gnu
-        if g is None or self._symtab is None:
+        if g is None or self._symtab is None or self._strtab is None:
             return False
         if g[0] == "gnu":
             _k, nbuckets, symoffset, bloom_size, shift, bloom, buckets, chains = g
-            h = gnu_hash(name)
+            if hashes is None:
+                h = gnu_hash(name)
+            else:
+                h = hashes.get(name)
+                if h is None:
+                    h = hashes[name] = gnu_hash(name)
             bits = self.bits
-            (word,) = self._unpack(self._w, bloom + ((h // bits) % bloom_size) * (bits // 8))
+            m = self._map
+            # the bloom words and buckets were checked to lie in the file when the table was read
+            (word,) = self._uw(m, bloom + ((h // bits) % bloom_size) * (bits // 8))
             mask = (1 << (h % bits)) | (1 << ((h >> shift) % bits))
             if word & mask != mask:
                 return False
-            (idx,) = self._unpack("I", buckets + 4 * (h % nbuckets))
+            (idx,) = self._u32(m, buckets + 4 * (h % nbuckets))
             if idx < symoffset:
                 return False
+            want = name + b"\0"
+            size, strtab, strsz = self.size, self._strtab, self._strsz
             for _ in range(MAX_SYMS):
-                (ch,) = self._unpack("I", chains + 4 * (idx - symoffset))
+                at = chains + 4 * (idx - symoffset)
+                if at + 4 > size:
+                    raise ElfError("truncated .gnu.hash chain")
+                (ch,) = self._u32(m, at)
                 if (ch | 1) == (h | 1):
-                    st_name, bind, shndx = self._sym(idx)
-                    if shndx != 0 and self._str(st_name) == name:
+                    st_name, shndx = self._name_shndx(idx)
+                    if shndx != 0 and st_name < strsz and m[strtab + st_name:strtab + st_name + len(want)] == want:
                         return True
                 if ch & 1:
                     return False

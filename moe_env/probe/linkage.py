@@ -41,26 +41,27 @@ def _compiled(rel):
     return base.endswith(_COMPILED) or ".so." in base
 
 
-def _compiled_files(dist, record_files, read_text):
+def _compiled_files(dist, record_files, elf):
     """Compiled files (relative to the dist's location) its RECORD lists, or None without a RECORD.
 
-    Only the lines holding ".so" are split: torch's RECORD has ~15,000 lines, 60 of them compiled.
-    (.pyd/.dylib files cannot load on Linux; a RECORD with quoted paths takes the slow way.)"""
+    Only the lines holding ".so" are split, in bytes: torch's RECORD has ~15,000 lines, 60 of them
+    compiled. (.pyd/.dylib files cannot load on Linux; a RECORD with quoted paths takes the slow way.)"""
     record = os.path.join(dist.get("path") or "", "RECORD")
     if os.path.isfile(record):
-        text = read_text(record, None)
-        if text is None:
+        try:
+            data = elf._read_head(record, 64 << 20)
+        except (OSError, elf.ElfError):
             return None
-        if '"' not in text:
+        if b'"' not in data:
             out, pos = [], 0
-            while True:  # only the few lines holding ".so" are split
-                at = text.find(".so", pos)
+            while True:
+                at = data.find(b".so", pos)
                 if at < 0:
                     return out
-                start = text.rfind("\n", 0, at) + 1
-                end = text.find("\n", at)
-                end = len(text) if end < 0 else end
-                rel = text[start:end].rsplit(",", 2)[0]
+                start = data.rfind(b"\n", 0, at) + 1
+                end = data.find(b"\n", at)
+                end = len(data) if end < 0 else end
+                rel = data[start:end].rsplit(b",", 2)[0].decode("utf-8", "replace")
                 if _compiled(rel):
                     out.append(rel)
                 pos = end
@@ -78,6 +79,7 @@ class Linker(object):
         self._roots = None  # set by preload(): the closure is computed when first needed
         self._cache = None
         self._objects = {}
+        self._found = {}
         self.ld_library_path = [p for p in (os.environ.get("LD_LIBRARY_PATH") or "").split(":") if p.startswith("/")]
         self.exe = os.path.realpath(sys.executable) if sys.executable else ""
         self.exe_rpath, self.exe_has_runpath = [], False
@@ -128,6 +130,14 @@ class Linker(object):
         `loaded=False` leaves out what `import torch` loaded (for the first library a process maps)."""
         if "/" in name:
             return name if self._fits(name, obj) else None
+        key = (name, os.path.dirname(path), tuple(obj.rpath), tuple(obj.runpath), obj.bits, obj.machine, loaded,
+               self._roots is None)
+        if key in self._found:
+            return self._found[key]
+        found = self._found[key] = self._search(name, obj, path, loaded)
+        return found
+
+    def _search(self, name, obj, path, loaded):
         if loaded:
             if self._roots is not None:  # what `import torch` loads, worked out on the first extension
                 roots, self._roots = self._roots, None
@@ -224,16 +234,20 @@ def _dist_facts(dist, read_text):
 class _Scope(object):
     """The torch libraries an extension's symbols resolve against: its DT_NEEDED closure inside torch/lib."""
 
-    def __init__(self, linker, torch_lib):
+    def __init__(self, linker, torch_lib, torch_names):
         self.linker = linker
         self.torch_lib = torch_lib
+        self.torch_names = torch_names
         self._hits = {}
+        self._hashes = {}
 
     def objects(self, obj, path):
         out, queue, seen = [], [(obj, path)], {path}
         while queue and len(out) < MAX_SCOPE:
             cur, cur_path = queue.pop(0)
             for name in cur.needed:
+                if name not in self.torch_names and not _TORCH_LIB.match(name):
+                    continue  # libstdc++, libc, CUDA...: not where torch's symbols live
                 found = self.linker.find(name, cur, cur_path)
                 if found is None or found in seen:
                     continue
@@ -247,15 +261,19 @@ class _Scope(object):
         return out
 
     def defined(self, name, scope):
-        for found, lib in scope:
+        """Whether a library of `scope` defines `name`. The library that answered last is asked first
+        (c10:: names live in libc10, at:: ones in libtorch_cpu), which halves the lookups."""
+        for i, (found, lib) in enumerate(scope):
             key = (found, name)
             hit = self._hits.get(key)
             if hit is None:
                 try:
-                    hit = self._hits[key] = lib.defines(name)
+                    hit = self._hits[key] = lib.defines(name, self._hashes)
                 except self.linker.elf.ElfError:
                     hit = self._hits[key] = False
             if hit:
+                if i:
+                    scope.insert(0, scope.pop(i))
                 return True
         return False
 
@@ -393,12 +411,14 @@ def _probe(linker, dists, torch, record_files, read_text, errors):
             linker.preload(roots)
             out["torch_versions_needed"] = _torch_needs(linker, candidate, torch_names, roots)
     out["libstdcxx"], out["libstdcxx_versions"] = _lib_versions(linker, "libstdc++.so.6", errors)
-    out["libc"], out["libc_versions"] = _lib_versions(linker, "libc.so.6", errors)
-    scope = _Scope(linker, torch_lib)
+    # glibc's own version is the probe's confstr value (python.glibc); the file is named for the error text
+    exe_obj, _ = linker.object(linker.exe) if linker.exe else (None, None)
+    out["libc"] = linker.find("libc.so.6", exe_obj, linker.exe, loaded=False) if exe_obj is not None else None
+    scope = _Scope(linker, torch_lib, torch_names)
     budget = MAX_FILES
     for key in sorted(dists):
         dist = dists[key]
-        compiled = _compiled_files(dist, record_files, read_text)
+        compiled = _compiled_files(dist, record_files, linker.elf)
         if not compiled:
             continue
         location = dist["location"]
