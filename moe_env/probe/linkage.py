@@ -80,6 +80,7 @@ class Linker(object):
         self._cache = None
         self._objects = {}
         self._found = {}
+        self._fit = {}
         self.ld_library_path = [p for p in (os.environ.get("LD_LIBRARY_PATH") or "").split(":") if p.startswith("/")]
         self.exe = os.path.realpath(sys.executable) if sys.executable else ""
         self.exe_rpath, self.exe_has_runpath = [], False
@@ -122,7 +123,11 @@ class Linker(object):
         return out
 
     def _fits(self, path, obj):
-        return os.path.isfile(path) and self.elf.header_matches(path, obj.bits, obj.machine, obj.little)
+        key = (path, obj.bits, obj.machine, obj.little)
+        fits = self._fit.get(key)
+        if fits is None:
+            fits = self._fit[key] = self.elf.header_matches(path, obj.bits, obj.machine, obj.little)
+        return fits
 
     def find(self, name, obj, path, loaded=True):
         """The path ld.so would map for DT_NEEDED `name` of `obj` (at `path`), or None.
