@@ -165,6 +165,7 @@ def test_hand_built_elf_every_class_and_byte_order(tmp_path, bits, little, hash_
     with elf.ElfFile(str(path)) as f:
         assert (f.bits, f.little) == (bits, little)
         assert f.needed == ["libc10.so", "libcudart.so.12"] and f.soname == "libext.so"
+        assert elf.needed_names(str(path)) == f.needed
         assert f.runpath == ["$ORIGIN", "$ORIGIN/../torch/lib"] and f.rpath == []
         assert [(n.decode(), v) for n, v, _w in f.undefined()] == UNDEFINED
         for name in DEFINED:
@@ -209,6 +210,7 @@ def test_real_objects_agree_with_nm(real_so):
     for path in real_so.values():
         with elf.ElfFile(str(path)) as f:
             assert sorted({n.decode() for n, _v, _w in f.undefined()}) == _nm(path, "--undefined-only")
+            assert elf.needed_names(str(path)) == f.needed
             defined = [n for n in _nm(path, "--defined-only")]
             assert defined and all(f.defines(n.encode()) for n in defined)
     with elf.ElfFile(str(real_so["ext"])) as f:
@@ -260,6 +262,11 @@ def test_unreadable_inputs_are_one_line_reasons(tmp_path):
 
 
 def _exercise(path: str) -> None:
+    try:
+        names = elf.needed_names(path)
+        assert names is None or all(isinstance(n, str) for n in names)
+    except elf.ElfError as exc:
+        assert str(exc) and "\n" not in str(exc)
     obj, err = elf.open_elf(path)
     if obj is None:
         assert isinstance(err, str) and err

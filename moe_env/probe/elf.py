@@ -203,9 +203,13 @@ class ElfFile(object):
         self._loads = []
         dyn_off = dyn_size = None
         ph_fmt = "IIQQQQQQ" if self.bits == 64 else "IIIIIIII"
-        if phnum and phentsize >= struct.calcsize(self._e + ph_fmt):
-            for i in range(min(phnum, 4096)):
-                p = self._unpack(ph_fmt, phoff + i * phentsize)
+        ph_size = struct.calcsize(self._e + ph_fmt)
+        if phnum and phentsize >= ph_size:
+            if phentsize == ph_size and phoff >= 0 and phoff + phnum * ph_size <= self.size:
+                headers = struct.iter_unpack(self._e + ph_fmt, self._map[phoff:phoff + phnum * ph_size])
+            else:
+                headers = (self._unpack(ph_fmt, phoff + i * phentsize) for i in range(min(phnum, 4096)))
+            for p in headers:
                 if self.bits == 64:
                     p_type, _pf, p_offset, p_vaddr, _pa, p_filesz = p[:6]
                 else:
@@ -226,8 +230,11 @@ class ElfFile(object):
         needed, rpath, runpath, soname = [], [], [], []
         d_fmt = "qQ" if self.bits == 64 else "iI"
         d_size = struct.calcsize(self._e + d_fmt)
-        for i in range(min(dyn_size // d_size, MAX_DYN)):
-            tag, val = self._unpack(d_fmt, dyn_off + i * d_size)
+        if dyn_off < 0 or dyn_off + d_size > self.size:
+            raise ElfError("dynamic section outside the file")
+        count = min(dyn_size, self.size - dyn_off) // d_size
+        entries = struct.iter_unpack(self._e + d_fmt, self._map[dyn_off:dyn_off + min(count, MAX_DYN) * d_size])
+        for tag, val in entries:
             if tag == 0:
                 break
             if tag == DT_NEEDED:
@@ -296,14 +303,16 @@ class ElfFile(object):
             bloom = off + 16
             buckets = bloom + bloom_size * word
             chains = buckets + 4 * nbuckets
-            self._bytes(bloom, (chains - bloom))  # the fixed part must be in the file
+            if bloom < 0 or chains > self.size:  # the fixed part must be in the file
+                raise ElfError("truncated .gnu.hash table")
             return ("gnu", nbuckets, symoffset, bloom_size, bloom_shift, bloom, buckets, chains)
         if DT_HASH in self._dyn:
             off = self._addr(self._dyn[DT_HASH])
             nbucket, nchain = self._unpack("II", off)
             if nbucket == 0 or nbucket > 1 << 26 or nchain > MAX_SYMS:
                 raise ElfError("implausible .hash header")
-            self._bytes(off + 8, 4 * (nbucket + nchain))
+            if off + 8 + 4 * (nbucket + nchain) > self.size:
+                raise ElfError("truncated .hash table")
             return ("sysv", nbucket, nchain, off + 8, off + 8 + 4 * nbucket)
         return None
 
@@ -542,6 +551,80 @@ class ElfFile(object):
                 if name in wanted:
                     return name
         return None
+
+
+def needed_names(path):
+    """DT_NEEDED of `path` with a few small reads (no mapping): the cheap first look at every compiled file.
+
+    Raises ElfError like ElfFile; files whose layout it does not expect (no PT_DYNAMIC, strings outside
+    the first PT_LOAD) get None, and the caller reads them the full way."""
+    fd = _open_regular(path)
+    try:
+        head = os.pread(fd, 4096, 0)
+        if len(head) < 52 or head[:4] != b"\x7fELF":
+            raise ElfError("not an ELF file" if head[:4] != b"\x7fELF" else "truncated (smaller than an ELF header)")
+        if head[4] not in (1, 2) or head[5] not in (1, 2):
+            raise ElfError("unknown ELF class %d or data encoding %d" % (head[4], head[5]))
+        bits = 64 if head[4] == 2 else 32
+        e = "<" if head[5] == 1 else ">"
+        if bits == 64:
+            phoff, = struct.unpack_from(e + "Q", head, 32)
+            phentsize, phnum = struct.unpack_from(e + "HH", head, 54)
+            ph_fmt, d_fmt = e + "IIQQQQQQ", e + "qQ"
+        else:
+            phoff, = struct.unpack_from(e + "I", head, 28)
+            phentsize, phnum = struct.unpack_from(e + "HH", head, 42)
+            ph_fmt, d_fmt = e + "IIIIIIII", e + "iI"
+        ph_size = struct.calcsize(ph_fmt)
+        if phentsize != ph_size or not phnum or phoff + phnum * ph_size > len(head):
+            return None
+        loads, dyn = [], None
+        for p in struct.iter_unpack(ph_fmt, head[phoff:phoff + phnum * ph_size]):
+            if bits == 64:
+                p_type, p_offset, p_vaddr, p_filesz = p[0], p[2], p[3], p[5]
+            else:
+                p_type, p_offset, p_vaddr, p_filesz = p[0], p[1], p[2], p[4]
+            if p_type == PT_LOAD:
+                loads.append((p_vaddr, p_vaddr + p_filesz, p_offset))
+            elif p_type == PT_DYNAMIC:
+                dyn = (p_offset, p_filesz)
+        if dyn is None:
+            return None
+        d_size = struct.calcsize(d_fmt)
+        raw = os.pread(fd, min(dyn[1], MAX_DYN * d_size), dyn[0])
+        if len(raw) < d_size:
+            raise ElfError("truncated (dynamic section outside the file)")
+        needed, strtab = [], None
+        for tag, val in struct.iter_unpack(d_fmt, raw[:len(raw) - len(raw) % d_size]):
+            if tag == 0:
+                break
+            if tag == DT_NEEDED:
+                needed.append(val)
+            elif tag == DT_STRTAB:
+                strtab = val
+        if not needed:
+            return []
+        if strtab is None:
+            return None
+        base = next((strtab - start + off for start, end, off in loads if start <= strtab < end), None)
+        if base is None:
+            return None
+        lo, hi = min(needed), max(needed)
+        blob = os.pread(fd, min(hi - lo + 1024, 1 << 20), base + lo)
+        out = []
+        for v in needed:
+            at = v - lo
+            end = blob.find(b"\0", at)
+            if at >= len(blob) or end < 0:
+                return None  # long names or a truncated table: the full reader decides
+            out.append(blob[at:end].decode("utf-8", "replace"))
+        return out
+    except OSError as exc:
+        raise ElfError("cannot read (%s)" % (exc.strerror or exc))
+    except struct.error as exc:
+        raise ElfError("malformed (%s)" % exc)
+    finally:
+        os.close(fd)
 
 
 def open_elf(path):

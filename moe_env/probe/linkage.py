@@ -256,9 +256,7 @@ class _Scope(object):
                 found = self.linker.find(name, cur, cur_path)
                 if found is None or found in seen:
                     continue
-                seen.add(found)
-                if not os.path.dirname(os.path.realpath(found)) == self.torch_lib:
-                    continue
+                seen.add(found)  # torch's libraries wherever ld.so finds them: another torch's are what loads
                 lib, _err = self.linker.object(found)
                 if lib is not None:
                     out.append((found, lib))
@@ -286,6 +284,12 @@ class _Scope(object):
 def _check_file(linker, scope, torch_lib, torch_names, location, rel, errors):
     """Facts of one compiled file, or None when it does not link torch."""
     path = os.path.join(location, rel)
+    try:
+        first = linker.elf.needed_names(path)  # a few small reads: most compiled files do not link torch
+    except linker.elf.ElfError as exc:
+        return {"file": rel, "path": path, "error": str(exc)}
+    if first is not None and not any(_TORCH_LIB.match(n) or n in torch_names for n in first):
+        return None
     obj, err = linker.object(path)
     if obj is None:
         return {"file": rel, "path": path, "error": err}
