@@ -327,3 +327,57 @@ def test_probe_helpers_are_stdlib_only_and_parse_as_python_3_8(name):
     stdlib = getattr(sys, "stdlib_module_names", None)
     if stdlib:
         assert mods <= set(stdlib), mods - set(stdlib)
+
+
+# ---------------------------------------------------------------- the dynamic linker's search order (linkage.Linker)
+
+
+@needs_compiler
+def test_search_order_rpath_runpath_ld_library_path_and_class(tmp_path, monkeypatch):
+    """DT_RPATH comes before LD_LIBRARY_PATH, DT_RUNPATH after it; a library of the other ELF class is skipped."""
+    from moe_env.probe import linkage
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        compile_so(d / "libx.so", "int x(void) { return 1; }\n", cxx=False, soname="libx.so")
+    common = ["-L", str(a), "-Wl,--no-as-needed", "-lx", f"-Wl,-rpath,{a}"]
+    old = compile_so(tmp_path / "old.so", "int y(void) { return 2; }\n", cxx=False,
+                     args=common + ["-Wl,--disable-new-dtags"])
+    new = compile_so(tmp_path / "new.so", "int y(void) { return 2; }\n", cxx=False, args=common + ["-Wl,--enable-new-dtags"])
+    monkeypatch.setenv("LD_LIBRARY_PATH", f"{b}:relative/ignored")
+    linker = linkage.Linker(elf, [])
+    try:
+        o, _ = linker.object(str(old))
+        n, _ = linker.object(str(new))
+        assert o.rpath == [str(a)] and n.runpath == [str(a)]
+        assert linker.find("libx.so", o, str(old)) == str(a / "libx.so")
+        assert linker.find("libx.so", n, str(new)) == str(b / "libx.so")
+        assert linker.find("libnothere.so.1", n, str(new)) is None
+    finally:
+        linker.close()
+    # a 32-bit libx.so first on LD_LIBRARY_PATH: ld.so passes over it to the RUNPATH's
+    (b / "libx.so").write_bytes(build_elf(32, True, needed=[], soname="libx.so", runpath="", defined=["x"],
+                                          undefined=[], verdefs=[]))
+    linker = linkage.Linker(elf, [])
+    try:
+        n, _ = linker.object(str(new))
+        assert linker.find("libx.so", n, str(new)) == str(a / "libx.so")
+    finally:
+        linker.close()
+
+
+@pytest.mark.skipif(not os.path.isfile("/etc/ld.so.cache"), reason="needs glibc's ld.so.cache")
+@settings(max_examples=60, deadline=10000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_damaged_ld_so_cache_is_a_reason_never_an_exception(tmp_path, data):
+    blob = bytearray(Path("/etc/ld.so.cache").read_bytes())
+    if data.draw(st.booleans()):
+        blob = blob[:data.draw(st.integers(0, len(blob)))]
+    else:
+        for _ in range(data.draw(st.integers(1, 16))):
+            blob[data.draw(st.integers(0, min(len(blob) - 1, 200)) | st.integers(0, len(blob) - 1))] = data.draw(
+                st.integers(0, 255))
+    path = tmp_path / "ld.so.cache"
+    path.write_bytes(bytes(blob))
+    table, err = elf.read_ldcache(str(path))
+    assert isinstance(table, dict) and (err is None or isinstance(err, str))

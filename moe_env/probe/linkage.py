@@ -237,7 +237,8 @@ def _dist_facts(dist, read_text):
 
 
 class _Scope(object):
-    """The torch libraries an extension's symbols resolve against: its DT_NEEDED closure inside torch/lib."""
+    """The torch libraries an extension's symbols resolve against: the breadth-first closure of its DT_NEEDED over
+    torch's library names (libc10, libtorch*, torch/lib's files), wherever the linker finds them."""
 
     def __init__(self, linker, torch_lib, torch_names):
         self.linker = linker
