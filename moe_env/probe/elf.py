@@ -29,7 +29,9 @@ MAX_NAME = 64 * 1024  # longest symbol or library name read (mangled C++ names r
 MAX_DYN = 20000  # dynamic entries
 MAX_VER = 4096  # version needs / definitions
 MAX_SYMS = 4000000  # symbols walked in one table
-MAX_RELOCS = 8000000
+MAX_UNDEFINED = 500000  # undefined symbols of one object (real extensions: a few thousand)
+MAX_CHAIN = 1 << 16  # hash-chain steps of one lookup (real chains: a handful)
+MAX_RELOCS = 4000000
 
 DT_NEEDED, DT_PLTRELSZ, DT_HASH, DT_STRTAB, DT_SYMTAB, DT_RELA, DT_RELASZ = 1, 2, 4, 5, 6, 7, 8
 DT_STRSZ, DT_SYMENT, DT_SONAME, DT_RPATH, DT_REL, DT_RELSZ, DT_PLTREL, DT_JMPREL, DT_RUNPATH = 10, 11, 14, 15, 17, 18, 20, 23, 29
@@ -392,7 +394,7 @@ class ElfFile(object):
                 return False
             want = name + b"\0"
             size, strtab, strsz = self.size, self._strtab, self._strsz
-            for _ in range(MAX_SYMS):
+            for _ in range(MAX_CHAIN):
                 at = chains + 4 * (idx - symoffset)
                 if at + 4 > size:
                     raise ElfError("truncated .gnu.hash chain")
@@ -404,18 +406,18 @@ class ElfFile(object):
                 if ch & 1:
                     return False
                 idx += 1
-            return False
+            raise ElfError("implausible .gnu.hash chain (longer than %d)" % MAX_CHAIN)
         _k, nbucket, nchain, buckets, chains = g
         h = sysv_hash(name)
         (idx,) = self._unpack("I", buckets + 4 * (h % nbucket))
-        for _ in range(nchain + 1):
+        for _ in range(min(nchain + 1, MAX_CHAIN)):
             if idx == 0 or idx >= nchain:
                 return False
             st_name, bind, shndx = self._sym(idx)
             if shndx != 0 and self._str(st_name) == name:
                 return True
             (idx,) = self._unpack("I", chains + 4 * idx)
-        return False
+        raise ElfError("implausible .hash chain (longer than %d)" % MAX_CHAIN)
 
     def undefined(self):
         """[(name bytes, version name or None, weak)] of the undefined dynamic symbols, in table order.
@@ -430,7 +432,8 @@ class ElfFile(object):
             count = g[2]  # bounded by the file's size below: the table must be there
         else:
             count = self.symbol_count()
-        count = min(count, MAX_SYMS)
+        if count > MAX_UNDEFINED:
+            raise ElfError("implausibly many undefined symbols (%d)" % count)
         if count <= 1:
             return []
         fmt = "IBBHQQ" if self.bits == 64 else "IIIBBH"
