@@ -111,7 +111,7 @@ def test_extension_findings_across_the_process_boundary(ext_env, tmp_path):
     # the other C++ ABI: one finding (its undefined symbol folded in), with the real ImportError
     (abi,) = _by(doc, "ext.cxx11-abi-mismatch", "old-abi-ext")
     assert not _by(doc, "ext.undefined-symbol", "old-abi-ext")
-    assert "pre-C++11 ABI" in abi["seen"] and "cxx11abiTRUE" in abi["fix"]
+    assert "pre-C++11 ABI" in abi["seen"] and "`+torch2.13cxx11abiTRUE`" in abi["fix"]
     assert f"`{_real_import(ext_env, 'old_abi_ext._C', tmp_path)}`" in abi["seen"]
 
     # built for CUDA 11 next to a CPU torch: the missing libcudart.so.11.0 is explained by the mismatch

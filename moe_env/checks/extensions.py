@@ -100,11 +100,23 @@ def built_for(ctx: Context, dist: CompiledDistribution) -> str:
     return "; ".join(parts)
 
 
+def _wheel_tag(t: Optional[TorchBuild]) -> str:
+    """The local-version tag prebuilt extension wheels carry (flash-attn, mamba-ssm, causal-conv1d, grouped_gemm
+    name theirs `+cu{CUDA}torch{major.minor}cxx11abi{TRUE|FALSE}`), for the installed torch."""
+    if t is None or t.cxx11_abi is None:
+        return ""
+    mm = ".".join(t.version.split("+", 1)[0].split(".")[:2])
+    cuda = f"cu{t.cuda.split('.', 1)[0]}" if t.cuda else ""
+    return f"{cuda}torch{mm}cxx11abi{'TRUE' if t.cxx11_abi else 'FALSE'}"
+
+
 def _fix(ctx: Context, dist: CompiledDistribution, reason: str) -> str:
     t = ctx.env.torch
     name, ver = dist.distribution, dist.version.split("+", 1)[0]
     steps = f"`moe-env build-steps {ctx.project.name}`" if ctx.project is not None else "`moe-env build-steps PROJECT`"
-    return (f"Reinstall {name} built for the installed {_torch_variant(t)}: a wheel made for it, or a build against it "
+    tag = _wheel_tag(t)
+    wheel = f"a wheel made for it (prebuilt ones say so in their name: `+{tag}`)" if tag else "a wheel made for it"
+    return (f"Reinstall {name} built for the installed {_torch_variant(t)}: {wheel}, or a build against it "
             f"(`pip install --force-reinstall --no-deps --no-build-isolation --no-cache-dir {name}=={ver}`; "
             f"{steps} writes the steps). {reason}").strip()
 
@@ -256,7 +268,7 @@ def ext_cxx11_abi(ctx: Context) -> List[Finding]:
             seen=seen,
             why=("Every torch function taking or returning a std::string has a different mangled name under each ABI, "
                  "so the import fails with `undefined symbol` on the first of them."),
-            fix=_fix(ctx, dist, f"A prebuilt wheel must say cxx11abi{'TRUE' if t.cxx11_abi else 'FALSE'}."),
+            fix=_fix(ctx, dist, ""),
             sources=[SRC_FA_ABI, SRC_PY_IMPORTERROR],
         ))
     return out

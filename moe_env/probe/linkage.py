@@ -274,7 +274,7 @@ class _Scope(object):
                 try:
                     hit = self._hits[key] = lib.defines(name, self._hashes)
                 except self.linker.elf.ElfError:
-                    hit = self._hits[key] = False
+                    hit = self._hits[key] = True  # a damaged torch library: cannot tell, so do not accuse
             if hit:
                 if i:
                     scope.insert(0, scope.pop(i))
