@@ -252,3 +252,40 @@ def test_glibc_and_glibcxx_findings_from_a_saved_report():
     assert "fa 1.0 (fa/_C.so) needs GLIBCXX_3.4.32" in cxx.seen and "torch" not in cxx.seen.split(";")[1]
     # the extension's own finding (undefined symbols etc.) does not exist: nothing else is missing
     assert not [i for i in found if i.startswith("ext.")]
+
+
+WHEEL_GLOB = "/opt/wheels/torch-2.13.0*cp311*.whl"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("glob").glob(WHEEL_GLOB), reason="needs the local torch 2.13.0 CPU wheel")
+def test_real_torch_libraries_and_a_real_import(venv, tmp_path):
+    """torch 2.13.0+cpu's own libraries (from the local wheel; libtorch_cpu.so exports ~100,000 symbols): an extension
+    needing 100 of its real symbols and two it lacks is reported with the exact ImportError a real import raises."""
+    import glob
+    import zipfile
+
+    with zipfile.ZipFile(sorted(glob.glob(WHEEL_GLOB))[0]) as whl:
+        keep = [n for n in whl.namelist() if n.startswith(("torch/lib/lib", "torch/_C.")) and n.endswith((".so", ".so.1"))
+                or n in ("torch/version.py",)]
+        files = {n: whl.read(n) for n in keep}
+    files["torch/__init__.py"] = "raise ImportError('the probe must never import me')\n"
+    venv.add_dist("torch", "2.13.0+cpu", files=files)
+    lib = venv.site / "torch" / "lib"
+    out = subprocess.run(["nm", "-D", "--defined-only", str(lib / "libtorch_cpu.so")], capture_output=True, text=True).stdout
+    names = [line.split()[-1] for line in out.splitlines() if line.split()[1] == "T" and line.split()[-1].startswith("_ZN2at")]
+    chosen = names[::max(1, len(names) // 100)][:100] + ["_ZN2at15absent_in_2_13Ev", "_ZN3c1015absent_in_2_13Ev"]
+    src = "".join(f'extern char s{i} __asm__("{n}");\n' for i, n in enumerate(chosen))
+    src += "void *refs[] = {" + ", ".join(f"&s{i}" for i in range(len(chosen))) + "};\n"
+    ext = venv.site / "real_ext" / f"_C{PY_TAG}"
+    compile_so(ext, src, cxx=False, args=["-L", str(lib), "-Wl,--no-as-needed", "-lc10", "-ltorch_cpu",
+                                          "-Wl,-rpath,$ORIGIN/../torch/lib"])
+    info = venv.add_dist("real-ext", "0.1", files={})
+    (info / "RECORD").write_text(f"real_ext/_C{PY_TAG},,\n{info.name}/RECORD,,\n")
+    doc = _doctor(venv, tmp_path)
+    (f,) = _by(doc, "ext.undefined-symbol", "real-ext")
+    assert "needs 2 of 102 torch symbols" in f["seen"]
+    assert f"`{_real_import(venv, 'real_ext._C', tmp_path)}`" in f["seen"]
+    link = doc["environment"]["linkage"]
+    assert [v["file"].rsplit("/", 1)[-1] for v in link["torch_versions_needed"]][:2] == [
+        "libtorch_global_deps.so", "_C.cpython-311-x86_64-linux-gnu.so"]
