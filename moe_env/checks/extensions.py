@@ -224,8 +224,9 @@ def ext_missing_library(ctx: Context) -> List[Finding]:
         built = built_for(ctx, dist)
         where = ctx.env.linkage.torch_lib if ctx.env.linkage else None
         seen = (f"{dist.distribution} {dist.version}: {lf.file} needs {', '.join(libs)}, which the dynamic linker finds "
-                f"nowhere (its RUNPATH/RPATH, LD_LIBRARY_PATH, {where or 'torch/lib'}, the nvidia-* wheels' libraries, "
-                f"/etc/ld.so.cache, /lib, /usr/lib){_others([b[0] for b in bad], lf, 'miss libraries too')}; "
+                f"nowhere (among what `import torch` has loaded from {where or 'torch/lib'} and the nvidia-* wheels, "
+                f"its RPATH/RUNPATH, LD_LIBRARY_PATH, /etc/ld.so.cache, /lib, /usr/lib)"
+                f"{_others([b[0] for b in bad], lf, 'miss libraries too')}; "
                 f"importing it raises `{_missing_library_text(lf, lf.missing_libraries[0])}`"
                 + (f"; built for: {built}" if built else ""))
         torch_libs = [lib for lib in libs if re.match(r"lib(c10|torch|shm)", lib)]
