@@ -289,3 +289,33 @@ def test_real_torch_libraries_and_a_real_import(venv, tmp_path):
     link = doc["environment"]["linkage"]
     assert [v["file"].rsplit("/", 1)[-1] for v in link["torch_versions_needed"]][:2] == [
         "libtorch_global_deps.so", "_C.cpython-311-x86_64-linux-gnu.so"]
+
+
+def _oldest_python_3_8_plus():
+    from test_probe import OTHER_PYTHONS, _version_of
+
+    found = sorted((_version_of(p), p) for p in OTHER_PYTHONS)
+    return next((p for v, p in found if v >= [3, 8]), None)
+
+
+def test_the_same_findings_from_the_oldest_python_the_probe_supports(ext_env, tmp_path):
+    """elf.py and linkage.py run inside the target interpreter: a Python 3.8+ venv holding the same files."""
+    python = _oldest_python_3_8_plus()
+    if python is None:
+        pytest.skip("no Python 3.8-3.10 interpreter on this machine")
+    import shutil
+
+    from fakes import make_venv
+
+    old = make_venv(tmp_path / "old", python=python)
+    for entry in ext_env.site.iterdir():
+        if entry.name.split("-")[0].split(".")[0] in ("torch", "flash_attn", "flash_attn_2_cuda", "old_abi_ext",
+                                                        "cuda11_ext", "helper_ext", "good_ext", "partial_pkg", "broken_so"):
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, old.site / entry.name)
+    new_ids = sorted((f["id"], f["title"]) for f in _doctor(ext_env, tmp_path)["findings"] if f["id"].startswith(("ext.", "dist.")))
+    doc = _doctor(old, tmp_path)
+    from test_probe import _version_of
+
+    assert doc["environment"]["python"]["version"].split(".")[:2] == [str(x) for x in _version_of(python)]
+    assert not [e for e in doc["environment"]["probe_errors"] if "linkage" in e]
+    assert sorted((f["id"], f["title"]) for f in doc["findings"] if f["id"].startswith(("ext.", "dist."))) == new_ids
