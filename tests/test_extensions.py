@@ -319,3 +319,27 @@ def test_the_same_findings_from_the_oldest_python_the_probe_supports(ext_env, tm
     assert doc["environment"]["python"]["version"].split(".")[:2] == [str(x) for x in _version_of(python)]
     assert not [e for e in doc["environment"]["probe_errors"] if "linkage" in e]
     assert sorted((f["id"], f["title"]) for f in doc["findings"] if f["id"].startswith(("ext.", "dist."))) == new_ids
+
+
+def test_names_read_from_the_target_are_escaped():
+    """A RECORD path or symbol name with terminal escapes cannot recolour the report."""
+    from moe_env.checks import run_checks
+    from moe_env.environment import Environment
+    from moe_env.matrix.loader import load_matrix
+
+    evil = "pkg/\x1b[2J\x1b[31m_core.so"
+    env = Environment.from_dict({
+        "python": {"version": "3.11.7", "implementation": "cpython", "executable": "/e/bin/python", "prefix": "/e",
+                   "platform": "linux-x86_64", "machine": "x86_64"},
+        "torch": {"version": "2.13.0+cpu", "cxx11_abi": True},
+        "linkage": {"partial_installs": {"pkg": {"distribution": "pkg\x1b]0;owned\x07", "version": "1.0",
+                                                 "missing": [evil], "missing_count": 1, "compiled_count": 1,
+                                                 "record": "/e/site/pkg-1.0.dist-info/RECORD"}},
+                    "compiled": {"x": {"distribution": "x", "version": "1", "files": [
+                        {"file": "x/_C.so", "path": "/e/site/x/_C.so", "needed": ["libc10.so"],
+                         "torch_libraries": ["libc10.so"], "missing_symbols": ["_ZN3c10\x1b[31mEv"],
+                         "missing_symbol_count": 1, "torch_symbols": 1}]}}}})
+    found = run_checks(env, load_matrix(), detect=False)
+    texts = " ".join(f.title + f.seen + f.fix for f in found if f.id.startswith(("ext.", "dist.")))
+    assert "\x1b" not in texts and "\x07" not in texts
+    assert "\\x1b[2J" in texts and "_ZN3c10\\x1b[31mEv" in texts

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Tuple
 from moe_env.checks.registry import Context, generic
 from moe_env.environment import CompiledDistribution, LinkedFile, TorchBuild
 from moe_env.findings import Finding
+from moe_env.untrusted import printable
 
 # What the loader prints (glibc) and how Python passes it on.
 SRC_DLOPEN_MISSING = ("bminor/glibc@630da022cb07d67ab53b4e9335352e44e9b7c5e2:elf/dl-load.c "
@@ -43,6 +44,14 @@ SRC_GLIBCXX = ("nicknochnack/TFODCourse#50 ImportError: .../anaconda3/bin/../lib
 _CUDA_SONAME = re.compile(r"lib(cudart|cublas|cublasLt|nvrtc)\.so\.(\d+)")
 _TORCH_CUDA_LIB = re.compile(r"lib(c10_cuda|torch_cuda\w*|c10_hip|torch_hip)\.so$")
 _FA_LOCAL = re.compile(r"cu(\d+)torch(\d+\.\d+)cxx11abi(TRUE|FALSE)", re.I)
+
+
+def _finding(**kw) -> Finding:
+    """A Finding whose texts carry names read from the target (RECORD paths, METADATA names, ELF symbol and
+    library names): escaped with printable(), so none can move the cursor or recolour the report."""
+    for key in ("title", "seen", "fix"):
+        kw[key] = printable(kw.get(key, ""))
+    return Finding(**kw)
 
 
 # ---------------------------------------------------------------- what the user would see
@@ -196,7 +205,7 @@ def ext_cuda_major(ctx: Context) -> List[Finding]:
                f"{'CUDA ' + _torch_major(t) if t.cuda else 'no CUDA at all'} "
                + ("the libraries it needs are not there, so the import fails." if fails else
                   "it loads a second CUDA runtime beside torch's, a combination neither is built or tested for."))
-        out.append(Finding(
+        out.append(_finding(
             id="ext.cuda-major-mismatch", severity="error" if fails else "warning",
             title=f"{dist.distribution} was built for CUDA {lf.cuda_major}; the installed {_torch_variant(t)} is not",
             seen=seen, why=why,
@@ -234,7 +243,7 @@ def ext_missing_library(ctx: Context) -> List[Finding]:
             f"{', '.join(torch_libs)} {'is' if len(torch_libs) == 1 else 'are'} not part of the installed "
             f"{_torch_variant(t)}: the extension was built against another torch build." if torch_libs else
             "A library it was linked with is not installed, or is installed where this process does not look."))
-        out.append(Finding(
+        out.append(_finding(
             id="ext.missing-library", severity="error",
             title=f"{dist.distribution}: {libs[0]} cannot be found; importing it fails",
             seen=seen, why=why,
@@ -263,7 +272,7 @@ def ext_cxx11_abi(ctx: Context) -> List[Finding]:
         if lf.missing_symbol_count:
             n = lf.missing_symbol_count
             seen += f" ({n} torch symbol{'s' if n > 1 else ''} it needs {'are' if n > 1 else 'is'} not defined by this torch)"
-        out.append(Finding(
+        out.append(_finding(
             id="ext.cxx11-abi-mismatch", severity="error",
             title=f"{dist.distribution} was built with the other C++ ABI than torch",
             seen=seen,
@@ -290,7 +299,7 @@ def ext_undefined_symbol(ctx: Context) -> List[Finding]:
                 f"of {_torch_variant(t)}), first {lf.missing_symbols[0]}{_others(bad, lf, 'too')}; "
                 f"importing it raises `{_first_error(ctx, lf) or _undefined_text(lf, lf.missing_symbols[0])}`"
                 + (f"; built for: {built}" if built else ""))
-        out.append(Finding(
+        out.append(_finding(
             id="ext.undefined-symbol", severity="error",
             title=f"{dist.distribution} was built against another torch: importing it fails with `undefined symbol`",
             seen=seen,
@@ -313,7 +322,7 @@ def dist_partial_install(ctx: Context) -> List[Finding]:
     out = []
     for _key, p in sorted(link.partial_installs.items()):
         more = f" (and {p.missing_count - 1} more of its {p.compiled_count} compiled files)" if p.missing_count > 1 else ""
-        out.append(Finding(
+        out.append(_finding(
             id="dist.partial-install", severity="error",
             title=f"{p.distribution} {p.version} is partly installed: compiled files are missing",
             seen=f"{p.record} lists {p.missing[0]}, which is not on disk{more}",
@@ -325,7 +334,7 @@ def dist_partial_install(ctx: Context) -> List[Finding]:
         rel, reason = items[0][0], items[0][1] if len(items[0]) > 1 else "unreadable"
         name = link.compiled[key].distribution if key in link.compiled else key
         version = ctx.env.version_of(key) or ""
-        out.append(Finding(
+        out.append(_finding(
             id="dist.partial-install", severity="warning",
             title=f"{name} {version}: a compiled file is not a readable shared object",
             seen=f"{rel}: {reason}" + (f" ({len(items) - 1} more)" if len(items) > 1 else ""),
@@ -416,7 +425,7 @@ def sys_glibcxx(ctx: Context) -> List[Finding]:
     names = "; ".join(f"{w} needs {_highest(m)}" for w, _p, m in short[:6]) + (
         f"; {len(short) - 6} more" if len(short) > 6 else "")
     raised = "ImportError"
-    return [Finding(
+    return [_finding(
         id="sys.glibcxx-too-old", severity="error",
         title=f"The libstdc++ this process loads is older than {top} needs",
         seen=(f"{link.libstdcxx} defines up to {newest}; {names}; importing raises "
@@ -450,7 +459,7 @@ def sys_glibc(ctx: Context) -> List[Finding]:
     provider = link.libc if lib == "libc.so.6" and link.libc else lib
     have = ".".join(str(x) for x in glibc)
     names = "; ".join(f"{w} needs {_highest([v for _l, v in m])}" for w, _p, m in short[:6])
-    return [Finding(
+    return [_finding(
         id="sys.glibc-too-old", severity="error",
         title=f"glibc {have} is older than {top} needs",
         seen=(f"the process runs glibc {have} ({link.libc or 'libc.so.6'}); {names}; importing raises "
