@@ -1,8 +1,9 @@
 """moe-env probe: runs INSIDE the target interpreter and prints what it finds as JSON.
 
 Started as `python -I -S target.py [--stdin] [SYMBOL ...]` (see target_site_paths) (stdin: {"symbols": [...], "extra_paths": [...]}).
-It must stay ONE stdlib-only file that parses and runs on Python 3.8 to 3.14, and it never imports
-the packages it inspects: a broken torch or a deepspeed whose import hangs must not stop the probe.
+It must stay ONE stdlib-only entry point that parses and runs on Python 3.8 to 3.14 (elf.py and linkage.py
+beside it are loaded by path, under the same rules), and it never imports or dlopens the packages it
+inspects: a broken torch or a deepspeed whose import hangs must not stop the probe.
 It reads files only:
 
 - distributions: every *.dist-info / *.egg-info on sys.path (METADATA / PKG-INFO headers, RECORD);
@@ -13,6 +14,9 @@ It reads files only:
   c10::Error's std::string parameter (`Ss` old ABI, `NSt7__cxx11...` new ABI);
 - deepspeed: deepspeed/git_version_info_installed.py, written by its setup.py at install time;
 - extensions: presence, version, compiled files listed in RECORD;
+- linkage (linkage.py + elf.py): every compiled file RECORD lists, the ELF dynamic sections of those that
+  link torch (DT_NEEDED resolved as ld.so would, torch symbols looked up in torch's libraries, CUDA
+  major, C++ ABI), the libstdc++/libc the process will load and the GLIBCXX_/GLIBC_ versions needed;
 - API surface: module source parsed with `ast`, following re-exports, executing nothing.
 
 Every failure becomes a line in `probe_errors`; the script itself never raises.
@@ -1355,6 +1359,25 @@ def _origin(dist, errors):
     return None
 
 
+# ---------------------------------------------------------------- compiled files (elf.py, linkage.py)
+
+
+def _sibling(name):
+    """A stdlib-only helper beside this file, loaded by path (the probe runs with -I: no package, no sys.path)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
+    spec = importlib.util.spec_from_file_location("moe_env_probe_" + name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def linkage(dists, torch, errors):
+    """Compiled files judged as the dynamic linker would load them, read from ELF, never loaded."""
+    return _sibling("linkage").probe_linkage(_sibling("elf"), dists, torch, _record_files, _read_text, errors)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -1376,6 +1399,11 @@ def probe(symbols=(), extra_paths=()):
         except Exception as exc:  # a bug or an odd install must not cost the whole report
             errors.append("%s: probe failed (%s: %s)" % (key, type(exc).__name__, exc))
             result[key] = {} if key == "extensions" else None
+    try:
+        result["linkage"] = linkage(dists, result.get("torch"), errors)
+    except Exception as exc:  # as above: a bug or an odd file costs this section only
+        errors.append("linkage: probe failed (%s: %s)" % (type(exc).__name__, exc))
+        result["linkage"] = None
     api = {}
     for symbol in symbols:
         try:
