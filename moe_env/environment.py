@@ -96,6 +96,10 @@ class ApiSymbol:
     file: Optional[str] = None
     line: Optional[int] = None
     error: Optional[str] = None  # why it could not be decided: missing module, syntax error...
+    # parameter kinds for judging a call: posonly/args/kwonly (names), kwonly_required, vararg/kwarg (name or
+    # None), defaults (how many of posonly+args have one), decorators (dotted names), method (defined in a class)
+    signature: Optional[Dict[str, Any]] = None
+    undecided: Optional[str] = None  # not found, but the source may still make it at run time (lazy __getattr__...)
 
 
 @dataclass
@@ -130,6 +134,7 @@ class Environment:
     deepspeed: Optional[DeepSpeedBuild] = None
     extensions: Dict[str, Extension] = field(default_factory=dict)  # by key
     api: Dict[str, ApiSymbol] = field(default_factory=dict)  # by symbol
+    import_names: Dict[str, str] = field(default_factory=dict)  # top-level import name -> distribution (doctor --code)
     host: HostInfo = field(default_factory=HostInfo)
     probe_errors: List[str] = field(default_factory=list)  # things the probe could not read
     probe_seconds: Optional[float] = None
@@ -153,6 +158,7 @@ class Environment:
             deepspeed=_build(DeepSpeedBuild, data["deepspeed"]) if data.get("deepspeed") else None,
             extensions={k: _build(Extension, v) for k, v in (data.get("extensions") or {}).items()},
             api={k: _build(ApiSymbol, v) for k, v in (data.get("api") or {}).items()},
+            import_names={str(k): str(v) for k, v in (data.get("import_names") or {}).items()},
             host=_build_host(data.get("host") or {}),
             probe_errors=list(data.get("probe_errors") or []),
             probe_seconds=data.get("probe_seconds"),
