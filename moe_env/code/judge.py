@@ -69,7 +69,7 @@ def judge(scan: CodeScan, env: Environment, matrix: Optional[Matrix], saved: boo
         out.libraries += 1
         info = env.api.get(use.symbol)
         if info is None:
-            why = "not in the saved report (it was written without --code for this checkout)" if saved else "not probed"
+            why = "not in the saved report" if saved else "not probed"
             out.not_judged.append((use.file, use.line, use.symbol, why))
             continue
         if not info.found:
@@ -78,13 +78,16 @@ def judge(scan: CodeScan, env: Environment, matrix: Optional[Matrix], saved: boo
                 continue
             out.judged += 1
             f = _missing(use, info, env, matrix)
+            if f.id == "code.missing-module" and use.kind != "import":
+                continue  # the import of the missing library says it; its uses would repeat it
         else:
             out.judged += 1
             f = _call_shape(use, info, env, matrix) if use.kind in ("call", "super") else None
         if f is not None:
-            key = (use.file, f.id, use.symbol)
+            key = (use.file, f.id, use.symbol.split(".")[0] if f.id == "code.missing-module" else use.symbol)
             groups.setdefault(key, []).append((use, f))
     for d in scan.dynamic:
+        out.libraries += 1
         out.not_judged.append((d.file, d.line, d.what, "dynamic access"))
     for (_file, _id, _sym), items in groups.items():
         use, f = items[0]

@@ -69,13 +69,11 @@ def _pyproject(root: str, ident: Identity) -> None:
     text = _read(os.path.join(root, "pyproject.toml"))
     if text is None:
         return
+    from moe_env.untrusted import UntrustedInput, toml_loads
+
     try:
-        import tomllib  # type: ignore[import-not-found]
-    except ImportError:  # Python < 3.11
-        import tomli as tomllib  # type: ignore[no-redef]
-    try:
-        data = tomllib.loads(text)
-    except (ValueError, RecursionError) as exc:
+        data = toml_loads(text, what="pyproject.toml")
+    except (UntrustedInput, ValueError, RecursionError) as exc:
         ident.problems.append(("pyproject.toml", f"not valid TOML ({str(exc)[:100]})"))
         return
     project = data.get("project") if isinstance(data.get("project"), dict) else {}
