@@ -861,33 +861,38 @@ class _Resolver(object):
         else:
             msg = "%s (module %s) does not define %s" % (self.index.rel(mod["file"]), mod["name"], name)
         return {"found": False, "kind": None, "params": None, "file": self.index.rel(mod["file"]), "line": None,
-                "error": msg + (" (%s)" % why if why else ""), "undecided": self._dynamic(mod)}
+                "error": msg + (" (%s)" % why if why else ""), "undecided": self._dynamic(mod, name)}
 
-    def _dynamic(self, mod, depth=0):
-        """Why a name missing from `mod`'s source may still exist at run time, or None when its absence is certain.
+    def _dynamic(self, mod, name, depth=0):
+        """Why `name`, missing from `mod`'s source, may still exist at run time; None when its absence is certain.
 
-        Names can come from a module-level __getattr__, writes to globals()/sys.modules, or a star import of
-        a module without readable source (a compiled extension, or one not installed): the static reader
-        cannot see them, so a lookup there is "not judged", never "missing"."""
+        Name-agnostic machinery (a star import of a module without readable source, globals().update, loops
+        over dir()) may make any name. Name-specific machinery (a module __getattr__, transformers'
+        _LazyModule in sys.modules) needs the name written somewhere in the file, as a word or a quoted
+        string: where it is not, the name is certainly absent."""
         data, _ = self.index.source(mod)
         if data is None:
             return "no readable source"
-        if re.search(rb"def\s+__getattr__\s*\(", data):
-            return "module defines __getattr__"
-        if re.search(rb"globals\(\)|sys\.modules\[|setattr\(\s*sys\.modules|__dict__\.update", data):
+        if re.search(rb"globals\(\)\.update|__dict__\.update|in\s+dir\(|setattr\(\s*sys\.modules", data):
             return "module writes its namespace dynamically"
+        if re.search(rb"def\s+__getattr__\s*\(|sys\.modules\[|globals\(\)\[", data):
+            word = re.escape(name.encode("ascii", "replace"))
+            if re.search(rb"[\"']" + word + rb"[\"']", data) or has_word(data.decode("utf-8", "replace"), name):
+                return "module makes names at run time (__getattr__ or a lazy module)"
+        if depth > 10:
+            return "star imports nested too deeply"
         tree, _ = self.index.tree(mod)
         if tree is None:
             return "module source cannot be parsed"
-        if depth > 10:
-            return "star imports nested too deeply"
         for star in _star_imports(tree):
             target_name = _absolute(mod, star.level, star.module)
             target = self.index.module(target_name) if target_name else None
             if target is None or target["kind"] in ("extension", "namespace"):
                 return "star import from %s, which has no readable source" % (target_name or "?")
-            if target["name"] != mod["name"] and self._dynamic(target, depth + 1):
-                return "star import from %s, whose names are not all static" % target_name
+            if target["name"] != mod["name"]:
+                why = self._dynamic(target, name, depth + 1)
+                if why:
+                    return "star import from %s: %s" % (target_name, why)
         return None
 
     def _submodule(self, mod, name):
