@@ -159,6 +159,8 @@ def collect(path: str) -> CodeScan:
     root = os.path.dirname(path) if single else path
     scan = CodeScan(root=path, single_file=single)
     local = local_modules(root)
+    if not single and os.path.isfile(os.path.join(root, "__init__.py")):
+        local.add(os.path.basename(root))  # --code pointed at a package: it imports itself by name
     stdlib = _stdlib()
     files = [(path, os.path.basename(path))] if single else iter_python_files(root)
     total = 0

@@ -73,8 +73,13 @@ def judge(scan: CodeScan, env: Environment, matrix: Optional[Matrix], saved: boo
             out.not_judged.append((use.file, use.line, use.symbol, why))
             continue
         if not info.found:
-            if info.undecided:
-                out.not_judged.append((use.file, use.line, use.symbol, info.undecided))
+            undecided = info.undecided
+            root = use.symbol.split(".", 1)[0]
+            if not undecided and (info.error or "").startswith("no module ") and root in env.import_names:
+                # a distribution claims the name, but its source is not where the static reader looks
+                undecided = f"{env.import_names[root] or 'an editable install'} provides {root}, but its source is not on the path read"
+            if undecided:
+                out.not_judged.append((use.file, use.line, use.symbol, undecided))
                 continue
             out.judged += 1
             f = _missing(use, info, env, matrix)
