@@ -254,6 +254,21 @@ def test_pins_project_and_commit_from_the_checkout(tmp_path, venvs):
     assert len(z3) == 1 and "[in the code: train.py:2]" in z3[0]["seen"], ids
 
 
+def test_a_distribution_whose_source_is_elsewhere_is_not_judged(tmp_path):
+    """An installed distribution claims `ghost` (RECORD) but its source is not on the path the probe reads
+    (an editable install through a finder, say): its names are not judged, never called missing."""
+    venv = make_venv(tmp_path / "venv")
+    venv.add_dist("ghost", "1.0", files={"ghost/__init__.py": "def real():\n    pass\n"})
+    (venv.site / "ghost" / "__init__.py").unlink()
+    (venv.site / "ghost").rmdir()
+    code = _write(tmp_path / "c", {"t.py": "from ghost import real\nimport deepspeed\n"})
+    report, r = _doctor(venv, code)
+    found = _code_findings(report)
+    assert r.returncode == 1 and ("code.missing-module", 2) in found  # deepspeed: known, not installed
+    assert "ghost" in found[("code.not-judged", None)]["seen"]
+    assert not any("ghost" in f["title"] for f in report["findings"])
+
+
 def test_collector_scopes_aliases_and_guards(tmp_path):
     code = _write(tmp_path / "c", {"m.py": """\
         import torch.nn.functional as F

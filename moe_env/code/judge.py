@@ -75,7 +75,7 @@ def judge(scan: CodeScan, env: Environment, matrix: Optional[Matrix], saved: boo
         if not info.found:
             undecided = info.undecided
             root = use.symbol.split(".", 1)[0]
-            if not undecided and (info.error or "").startswith("no module ") and root in env.import_names:
+            if not undecided and info.error == f"no module {root} on the path" and root in env.import_names:
                 # a distribution claims the name, but its source is not where the static reader looks
                 undecided = f"{env.import_names[root] or 'an editable install'} provides {root}, but its source is not on the path read"
             if undecided:
