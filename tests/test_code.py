@@ -17,7 +17,8 @@ from moe_env.code.collect import collect
 _TRAINER_OLD = ("class Trainer:\n    def __init__(self, model=None, args=None, **kwargs):\n        pass\n\n"
                 "    def _save_checkpoint(self, model, trial, metrics=None):\n        pass\n")
 _TRAINER_NEW = ("class Trainer:\n    def __init__(self, model=None, args=None, **kwargs):\n        pass\n\n"
-                "    def _save_checkpoint(self, model, trial):\n        pass\n")
+                "    def _save_checkpoint(self, model, trial):\n        pass\n\n"
+                "    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):\n        pass\n")
 
 
 def _transformers(old: bool) -> dict:
@@ -89,6 +90,14 @@ FORK = {
         def shadowed():
             deepspeed = make_engine()
             deepspeed.utils.nothing_like_this()
+
+
+        class LossTrainer(MyTrainer):
+            def compute_loss(self, model, inputs, return_outputs=False):
+                return 0
+
+            def my_own_helper(self):
+                return 1
     """,
 }
 
@@ -144,6 +153,9 @@ def test_fork_against_the_release_it_was_not_written_for(tmp_path, venvs):
     assert report["code"]["files"] == 1 and "transformers.Trainer._save_checkpoint" in report["code"]["symbols"]
     assert not any(f["id"] == "code.missing-name" and "os" in f["title"] for f in report["findings"])
     assert not any(line == 31 for _, line in found)  # a local variable named deepspeed is not the library
+    override = found[("code.override-signature", 35)]  # through MyTrainer, a class of the checkout
+    assert override["severity"] == "warning" and "num_items_in_batch" in override["title"]
+    assert not any(line == 38 for _, line in found)  # a method the base does not have is the checkout's own
 
 
 def test_the_same_fork_against_its_own_releases_is_clean(tmp_path, venvs):

@@ -25,7 +25,8 @@ MAX_FILE_BYTES = 2 * 1024 * 1024  # a generated or vendored blob, not code someo
 MAX_TOTAL_BYTES = 256 * 1024 * 1024
 MAX_FILES = 50000
 _SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", "node_modules", ".tox", ".nox", ".eggs", "site-packages",
-              ".mypy_cache", ".pytest_cache", "build", "dist", ".venv", "venv"}
+              ".mypy_cache", ".pytest_cache", ".venv", "venv"}
+_SKIP_TOP = {"build", "dist"}
 _GUARD_EXCEPTIONS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
 _CODE_CHARS = 200
 
@@ -37,7 +38,7 @@ class Use:
     symbol: str  # dotted, absolute: "transformers.deepspeed.HfDeepSpeedConfig"
     file: str  # relative to the checkout
     line: int
-    kind: str  # "import" (a module or a name imported), "attr", "call", "base", "super"
+    kind: str  # "import" (a module or a name imported), "attr", "call", "base", "super", "override"
     code: str = ""  # the source line, stripped (not yet escaped: render through printable())
     guarded: str = ""  # why a failure here would not stop the program: "except ImportError", "if", "TYPE_CHECKING"
     positional: Optional[int] = None  # calls: number of positional arguments (None when *args is passed)
@@ -45,7 +46,10 @@ class Use:
     star_kwargs: bool = False  # calls: **kwargs passed, so missing required arguments cannot be judged
     arg_names: List[str] = field(default_factory=list)  # calls: positional arguments that are plain names ("" else)
     bound: bool = False  # calls: the first parameter (self/cls) is supplied implicitly (super(), Class(...))
-    owner: str = ""  # super(): the class in the checkout making the call
+    owner: str = ""  # super()/override: the class in the checkout
+    # override: the names the overriding def accepts (its first parameter left out); `positional` is then how
+    # many it takes positionally (None with *args) and `star_kwargs` whether it has **kwargs
+    accepts: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -122,6 +126,8 @@ def iter_python_files(root: str) -> Iterable[Tuple[str, str]]:
                 if entry.is_dir(follow_symlinks=False):
                     if entry.name in _SKIP_DIRS or entry.name.startswith(".") or entry.name.endswith(".egg-info"):
                         continue
+                    if directory == root and entry.name in _SKIP_TOP:
+                        continue  # setup.py's build/ and dist/ copies, not packages named build or dist
                     if os.path.exists(os.path.join(entry.path, "pyvenv.cfg")):
                         continue  # a virtual environment inside the checkout
                     subdirs.append(entry.path)
@@ -524,6 +530,7 @@ class _Visitor:
                         self.function(stmt)
                     finally:
                         self.scopes.append(saved)
+                    self.override(node.name, stmt)
                 else:
                     self.stmt(stmt)
         finally:
@@ -602,6 +609,20 @@ class _Visitor:
             self.expr(a.value if isinstance(a, ast.Starred) else a)
         for k in node.keywords:
             self.expr(k.value)
+
+    def override(self, owner: str, fn) -> None:
+        """A method of a class deriving from a library class: the library may call it as its base is called."""
+        if fn.name in ("__init__", "__new__", "__init_subclass__") or any(
+                (_dotted(d) or ["?"])[-1] in ("staticmethod", "classmethod", "property") for d in fn.decorator_list):
+            return
+        base = self._library_base(owner, fn.name, 0)
+        if not base:
+            return
+        a = fn.args
+        params = [x.arg for x in getattr(a, "posonlyargs", [])] + [x.arg for x in a.args]
+        accepts = [x.arg for x in a.args][1:] + [x.arg for x in a.kwonlyargs]
+        self.add(f"{base}.{fn.name}", fn, "override", owner=owner, accepts=accepts, star_kwargs=a.kwarg is not None,
+                 positional=None if a.vararg is not None else max(0, len(params) - 1))
 
     def super_call(self, node: ast.Call, attr: str, positional, keywords, star_kwargs, names) -> None:
         owner = self.cls_stack[-1] if self.cls_stack else None

@@ -66,8 +66,18 @@ def judge(scan: CodeScan, env: Environment, matrix: Optional[Matrix], saved: boo
     for use in scan.uses:
         if not is_library(use.symbol, env.import_names):
             continue
-        out.libraries += 1
+        if use.kind != "override":
+            out.libraries += 1
         info = env.api.get(use.symbol)
+        if use.kind == "override":
+            # a method the base lacks is the checkout's own; one whose base cannot be read is not a reference
+            if info is not None and info.found:
+                out.libraries += 1
+                out.judged += 1
+                f = _override(use, info, env, matrix)
+                if f is not None:
+                    groups.setdefault((use.file, f.id, use.symbol), []).append((use, f))
+            continue
         if info is None:
             why = "not in the saved report" if saved else "not probed"
             out.not_judged.append((use.file, use.line, use.symbol, why))
@@ -202,6 +212,40 @@ def _call_shape(use: Use, info: ApiSymbol, env: Environment, matrix: Optional[Ma
                                                   f"or install the {dist} release the code was written for.",
                         entry=entry, sources=_installed_source(dist, version, info))
     return None
+
+
+def _override(use: Use, info: ApiSymbol, env: Environment, matrix: Optional[Matrix]) -> Optional[Finding]:
+    """An override that does not take what its base takes: the library calls it as it calls the base."""
+    sig = info.signature
+    if not sig or any(d not in _PLAIN_DECORATORS and d.split(".")[-1] not in _PLAIN_DECORATORS
+                      for d in sig.get("decorators") or []):
+        return None
+    if use.star_kwargs:
+        return None
+    all_positional = list(sig.get("posonly") or []) + list(sig.get("args") or [])
+    base_args = all_positional[1:]  # the first is self
+    named = [a for a in sig.get("args") or [] if a in base_args] + list(sig.get("kwonly") or [])
+    missing = [a for a in named if a not in use.accepts]
+    if not missing:
+        return None
+    dist, version = distribution_of(env, use.symbol)
+    where = f"{dist} {version}" if version else dist
+    method = use.symbol.rsplit(".", 1)[-1]
+    entry = None
+    for name in missing:
+        entry = entry or _table_entry(matrix, dist, _canonical(use.symbol, info), name)
+    at = f" ({info.file}:{info.line})" if info.file else ""
+    f = _finding(use, "code.override-signature",
+                 f"{use.owner}.{method} does not take {', '.join(missing)}, which the installed base method takes",
+                 seen=f"{where} installed; {info.symbol}{at} is {_signature_text(sig, base_args, True)}; the override "
+                      f"takes ({', '.join(use.accepts)}) and no **kwargs",
+                 why=f"{dist} calls {method} on your class as it calls its own: where it passes "
+                     f"{missing[0]}, the call raises TypeError (unexpected keyword argument).",
+                 fix=_fix(dist, entry) or f"Add {', '.join(m + '=None' for m in missing)} (or **kwargs) to the "
+                                          f"override, matching {where}.",
+                 entry=entry, sources=_installed_source(dist, version, info))
+    f.severity = "warning"  # no cited failure: whether the library passes it depends on the call site
+    return f
 
 
 def _signature_text(sig: dict, positional: List[str], dropped: bool) -> str:

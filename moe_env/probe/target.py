@@ -1068,6 +1068,7 @@ class _Resolver(object):
             if isinstance(node, ast.ClassDef):
                 return self._result("class", mod, node)
             return self._result("assignment", mod, node)
+        unfollowed = False
         for base in cls.bases:
             outer = self.fence
             # bases are followed inside the class's own package only: torch.nn.Module's __init__ says nothing
@@ -1080,9 +1081,13 @@ class _Resolver(object):
             if resolved and resolved.get("found") and resolved["kind"] == "class" and resolved.get("_node") is not None:
                 r = self.member(resolved["_mod"], resolved["_node"], name, depth + 1)
                 if r is not None and r.get("found"):
+                    if unfollowed and r.get("signature"):
+                        # an earlier base that was not read may define it first (MRO): its signature is unsure
+                        r = dict(r, signature=None)
                     return r
             elif not (isinstance(base, ast.Name) and base.id == "object"):
                 self.open_bases = True
+                unfollowed = True
         return None
 
     def expr(self, mod, node, depth):
