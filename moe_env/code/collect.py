@@ -276,9 +276,8 @@ def _catches_import_error(handler: ast.ExceptHandler) -> bool:
 
 
 class _Scope:
-    def __init__(self, names: Dict[str, str], pattern: Optional[re.Pattern] = None):
-        self.names = names  # local name -> dotted library name
-        self.pattern = pattern
+    def __init__(self, names: Dict[str, str]):
+        self.names = names  # local name -> dotted library name (None: a local that shadows an import)
 
 
 class _Visitor:
@@ -295,7 +294,8 @@ class _Visitor:
         self.guard: List[str] = []
         self.classes: Dict[str, Tuple[List[object], Set[str]]] = {}  # name -> (bases: dotted str | local name, methods)
         self.cls_stack: List[Optional[str]] = []
-        self.pattern: Optional[re.Pattern] = None
+        self.pattern: Optional[List[bool]] = None  # per line: mentions a tracked name (for the current scopes)
+        self._hits: Dict[frozenset, List[bool]] = {}
 
     # --- helpers
 
@@ -319,16 +319,33 @@ class _Visitor:
             names[local] = dotted
         self.pattern = None
 
+    def _tracked(self) -> Set[str]:
+        return {n for s in self.scopes for n, d in s.names.items() if d}
+
     def _relevant(self, node: ast.AST) -> bool:
+        """Whether the node's lines mention a tracked name (or import/super/getattr); one regex pass per line
+        and set of names, cached, so nested statements cost a slice, not a search."""
         if self.pattern is None:
-            tracked = {n for s in self.scopes for n, d in s.names.items() if d}
-            words = sorted(tracked | set(self._KEYWORDS))
-            self.pattern = re.compile(r"\b(?:" + "|".join(map(re.escape, words)) + r")\b")
+            key = frozenset(self._tracked())
+            hits = self._hits.get(key)
+            if hits is None:
+                words = sorted(key | set(self._KEYWORDS))
+                pattern = re.compile(r"\b(?:" + "|".join(map(re.escape, words)) + r")\b")
+                hits = [pattern.search(line) is not None for line in self.lines]
+                self._hits[key] = hits
+            self.pattern = hits  # type: ignore[assignment]
+        hits = self.pattern
         start = getattr(node, "lineno", 1)
         end = getattr(node, "end_lineno", None) or start
-        if end - start > 400:
-            return True  # a big block: walk it (its statements are filtered one by one)
-        return any(self.pattern.search(self.lines[i]) for i in range(start - 1, min(end, len(self.lines))))
+        return any(hits[start - 1:end])  # type: ignore[index]
+
+    def _may_assign(self, node: ast.AST, tracked: Set[str]) -> bool:
+        """Text test before the walk: could the function bind one of `tracked` (x =, x, y =, for x, as x...)?"""
+        names = "|".join(map(re.escape, sorted(tracked)))
+        pattern = re.compile(r"(?<![.\w])(?:" + names + r")\s*(?:[,)\]:]|=(?!=))|\b(?:as|for|global|nonlocal|def|class)\b"
+                             r"[^\n]*(?<![.\w])(?:" + names + r")\b")
+        start, end = node.lineno, node.end_lineno or node.lineno
+        return any(pattern.search(self.lines[i]) for i in range(start, min(end, len(self.lines))))
 
     def add(self, symbol: str, node: ast.AST, kind: str, **extra) -> None:
         line = getattr(node, "lineno", 0)
@@ -483,7 +500,9 @@ class _Visitor:
             return
         shadow = {a.arg for a in list(getattr(args, "posonlyargs", [])) + args.args + args.kwonlyargs}
         shadow |= {a.arg for a in (args.vararg, args.kwarg) if a is not None}
-        shadow |= _assigned_names(node.body)
+        tracked = self._tracked()
+        if tracked and self._may_assign(node, tracked):
+            shadow |= _assigned_names(node.body)
         inner = {n: None for n in shadow if self.lookup(n) is not None}
         self.scopes.append(_Scope(inner))  # type: ignore[arg-type]
         self.pattern = None
