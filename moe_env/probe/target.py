@@ -954,6 +954,24 @@ class _Resolver(object):
         return {"found": False, "kind": None, "params": None, "file": self.index.rel(mod["file"]), "line": None,
                 "error": msg + (" (%s)" % why if why else ""), "undecided": self._dynamic(mod, name)}
 
+    def _names_of(self, mod, expr, name, depth):
+        """Why `dir(expr)` in `mod` may yield `name`; None when expr is a readable module that never mentions it."""
+        parts = [p for p in expr.split(".") if p]
+        if not parts or depth > 10:
+            return "module writes its namespace from dir(%s)" % expr
+        try:
+            r = self.attr(mod, parts[0], depth + 1)
+            for part in parts[1:]:
+                if not r.get("found"):
+                    break
+                r = self.step(r, part, depth + 1)
+        except RecursionError:
+            r = {}
+        target = r.get("_mod") if r.get("found") and r.get("kind") == "module" else None
+        if target is None or self.index.mentions(target, name):
+            return "module writes its namespace from dir(%s)" % expr
+        return None
+
     def _dynamic(self, mod, name, depth=0):
         """Why `name`, missing from `mod`'s source, may still exist at run time; None when its absence is certain.
 
@@ -964,8 +982,14 @@ class _Resolver(object):
         data, _ = self.index.source(mod)
         if data is None:
             return "no readable source"
-        if re.search(rb"globals\(\)\.update|__dict__\.update|in\s+dir\(|setattr\(\s*sys\.modules", data):
+        if re.search(rb"globals\(\)\.update|__dict__\.update|setattr\(\s*sys\.modules", data):
             return "module writes its namespace dynamically"
+        for source in set(re.findall(rb"in\s+dir\(\s*([\w.]*)\s*\)", data)):
+            # `for name in dir(dummy_pt_objects)` (transformers' lazy __init__): the names of another module,
+            # which can only give `name` if that module's source has it
+            why = self._names_of(mod, source.decode("ascii", "replace"), name, depth)
+            if why:
+                return why
         if re.search(rb"def\s+__getattr__\s*\(|sys\.modules\[|globals\(\)\[", data):
             word = re.escape(name.encode("ascii", "replace"))
             if re.search(rb"[\"']" + word + rb"[\"']", data) or has_word(data.decode("utf-8", "replace"), name):
