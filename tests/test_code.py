@@ -25,7 +25,11 @@ def _transformers(old: bool) -> dict:
     files = {
         "transformers/__init__.py": (
             "import os\nopen(os.environ.get('MOE_ENV_TEST_IMPORTED', '/dev/null'), 'a').write('transformers imported\\n')\n"
-            "from .trainer import Trainer\nfrom .lazy import *\n"),
+            "from .trainer import Trainer\nfrom .lazy import *\nfrom . import dummy_objects\n"
+            # names made from another module's dir(), as transformers' __init__ does: a miss stays certain
+            # for names that module never mentions
+            "_import_structure = {'utils.dummy': [n for n in dir(dummy_objects) if not n.startswith('_')]}\n"),
+        "transformers/dummy_objects.py": "class DummyModel:\n    pass\n",
         "transformers/trainer.py": _TRAINER_OLD if old else _TRAINER_NEW,
         "transformers/lazy.py": "_LAZY = [\"some_lazy_thing\"]\n\n\ndef __getattr__(name):\n    raise AttributeError(name)\n",
         "transformers/utils.py": ("def load(path, *, strict=True, map_location=None):\n    pass\n\n\n"
