@@ -250,7 +250,8 @@ def test_pins_project_and_commit_from_the_checkout(tmp_path, venvs):
         "pyproject.toml": '[project]\nname = "mgm"\ndependencies = ["transformers==4.45.2", "deepspeed>=0.13", '
                           '"accelerate", "peft; python_version < \'3.0\'"]\n',
         "requirements.txt": "# pins\ntransformers==4.45.2\n-e .\ngit+https://example.invalid/x.git\n",
-        "train.py": "import deepspeed\ndeepspeed.utils.set_z3_leaf_modules(m, [])\n",
+        "train.py": "import deepspeed\ndeepspeed.utils.set_z3_leaf_modules(m, [])\n"
+                    "from transformers.deepspeed import HfDeepSpeedConfig\nimport flash_attn\n",
     })
     commit = "0123456789abcdef0123456789abcdef01234567"
     (code / ".git" / "refs" / "heads").mkdir(parents=True)
@@ -268,6 +269,13 @@ def test_pins_project_and_commit_from_the_checkout(tmp_path, venvs):
     # the curated MGM check on set_z3_leaf_modules and the code's use are one problem, reported once
     z3 = [f for f in report["findings"] if "set_z3_leaf_modules" in f["seen"] + f["title"]]
     assert len(z3) == 1 and "[in the code: train.py:2]" in z3[0]["seen"], ids
+    # ...and so are the curated check naming transformers.deepspeed and the import of one of its names,
+    # and the curated "flash-attn is not installed" and the import of flash_attn
+    shim = [f for f in report["findings"] if "transformers.deepspeed" in f["title"] + f["seen"]]
+    assert len(shim) == 1 and shim[0]["id"].startswith("minigemini.") and "train.py:3" in shim[0]["seen"]
+    flash = [f for f in report["findings"] if "flash" in (f["title"] + f["seen"]).lower()]
+    assert len(flash) == 1 and "train.py:4" in flash[0]["seen"]
+    assert report["code"]["merged_into_project_findings"] >= 3
 
 
 def test_a_distribution_whose_source_is_elsewhere_is_not_judged(tmp_path):

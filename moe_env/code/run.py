@@ -54,16 +54,21 @@ class CodeCheck:
                          seen=f"{f}: {why}", why="The pins it declares were not read.", file=f)
                  for f, why in self.identity.problems]
         by_id = {f.id: f for f in curated}
-        symbol_checks, package_checks = _curated_keys(project)
+        symbol_checks, package_checks, required = _curated_keys(project)
         kept = []
         for f in code:
             target = None
             symbol = self.judgement.symbol_of.get(id(f))
-            if symbol:
+            if symbol and f.id == "code.missing-module":
+                fid = required.get(normalize_name(_distribution(env, symbol)))
+                target = by_id.get(fid) if fid else None
+            elif symbol:
                 for (root, last), fid in symbol_checks.items():
                     if fid in by_id and symbol.split(".")[0] == root and symbol.split(".")[-1] == last:
                         target = by_id[fid]
                         break
+                if target is None:
+                    target = _naming(curated, symbol)
             elif f.id.startswith("code.pin-"):
                 package = normalize_name(f.title.split()[0]) if f.id == "code.pin-mismatch" else ""
                 fid = package_checks.get(package)
@@ -106,14 +111,39 @@ class CodeCheck:
         return head
 
 
+def _distribution(env: Environment, symbol: str) -> str:
+    from moe_env.code.judge import distribution_of
+
+    return distribution_of(env, symbol)[0]
+
+
+def _naming(curated: List[Finding], symbol: str) -> Optional[Finding]:
+    """The curated finding (error or warning) whose title or why names this symbol by two or more of its dotted
+    parts (`transformers.deepspeed` for transformers.deepspeed.HfDeepSpeedConfig, `Trainer._save_checkpoint`)."""
+    import re
+
+    parts = symbol.split(".")
+    tokens = {".".join(parts[:n]) for n in range(2, len(parts) + 1)} | \
+             {".".join(parts[-n:]) for n in range(2, len(parts) + 1)}
+    for f in curated:
+        if f.severity == "info" or f.id.startswith("code.") or f.file:
+            continue
+        text = f"{f.title} {f.why}"
+        for token in tokens:
+            if re.search(r"(?<![\w.])" + re.escape(token) + r"(?![\w])", text):
+                return f
+    return None
+
+
 def _curated_keys(project: Optional[Project]):
     from moe_env.checks.kinds import finding_id
     from moe_env.checks.registry import Context
 
     symbols: Dict[tuple, str] = {}
     packages: Dict[str, str] = {}
+    required: Dict[str, str] = {}
     if project is None:
-        return symbols, packages
+        return symbols, packages, required
     ctx = Context(env=None, matrix=None, project=project, variants=[])  # type: ignore[arg-type]
     for c in project.checks:
         if c.kind == "api_symbol" and isinstance(c.params.get("symbol"), str):
@@ -121,7 +151,12 @@ def _curated_keys(project: Optional[Project]):
             symbols[(sym.split(".")[0], sym.split(".")[-1])] = finding_id(ctx, c)
         elif c.kind == "version_bound" and isinstance(c.params.get("package"), str):
             packages.setdefault(normalize_name(c.params["package"]), finding_id(ctx, c))
-    return symbols, packages
+        elif c.kind == "requires":
+            names = [c.params.get("package")] + list(c.params.get("any_of") or [])
+            for n in names:
+                if isinstance(n, str):
+                    required.setdefault(normalize_name(n), finding_id(ctx, c))
+    return symbols, packages, required
 
 
 def prepare(path: str) -> CodeCheck:
