@@ -325,3 +325,25 @@ def test_collector_scopes_aliases_and_guards(tmp_path):
     assert uses[("deepspeed.comm.all_reduce", "call")].positional == 1
     assert ("torch.nn.functional.relu", "attr") not in uses  # assigned to: only its parent must exist
     assert not any(u.symbol in ("typing.TYPE_CHECKING",) for u in scan.uses)  # the standard library is not asked
+
+
+def test_probe_signatures_only_where_they_are_certain(tmp_path):
+    from moe_env.probe.target import find_symbol
+
+    lib = _write(tmp_path / "site", {
+        "lib/__init__.py": ("import sys\nif sys.version_info >= (3, 99):\n    def f(a, b):\n        pass\n"
+                            "else:\n    def f(a):\n        pass\n\n\ndef g(a, /, b, *, c, d=1, **kw):\n    pass\n"),
+        "lib/classes.py": ("import dataclasses\nfrom torch import nn\n\n\nclass Plain:\n    def __init__(self, x, y=2):\n"
+                           "        pass\n\n\n@dataclasses.dataclass\nclass Data(Plain):\n    z: int = 0\n\n\n"
+                           "class Mixed(nn.Module, Plain):\n    pass\n"),
+    })
+    paths = [str(lib)]
+    assert find_symbol(paths, "lib.f")["found"] and find_symbol(paths, "lib.f")["signature"] is None
+    g = find_symbol(paths, "lib.g")["signature"]
+    assert g["posonly"] == ["a"] and g["args"] == ["b"] and g["kwonly"] == ["c", "d"]
+    assert g["kwonly_required"] == ["c"] and g["kwarg"] == "kw" and g["defaults"] == 0
+    assert find_symbol(paths, "lib.classes.Plain")["signature"]["method"] is True
+    assert find_symbol(paths, "lib.classes.Data")["signature"] is None  # a dataclass makes its own __init__
+    assert find_symbol(paths, "lib.classes.Mixed")["signature"] is None  # nn.Module's __init__ comes first
+    miss = find_symbol(paths, "lib.classes.Mixed.nothing")
+    assert not miss["found"] and miss["undecided"]  # nn.Module (not read) may have it

@@ -688,6 +688,14 @@ def _pick(bindings):
     return bindings[0][0] if bindings else None
 
 
+def _unsure(result, bindings):
+    """Several bindings, none unconditional (`if new: def f(a, b) else: def f(a)`): which one runs is not
+    known statically, so the signature is not given (the name exists either way)."""
+    if result.get("signature") and len(bindings) > 1 and all(cond for _, cond in bindings):
+        result = dict(result, signature=None)
+    return result
+
+
 def _star_imports(tree):
     return [n for n in tree.body if isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names)]
 
@@ -896,9 +904,10 @@ class _Resolver(object):
             sub = self._submodule(mod, name)
             return sub or {"found": False, "kind": None, "params": None, "file": self.index.rel(mod["file"]),
                            "line": None, "error": error}
-        node = _pick(_bindings(tree.body, name))
+        bindings = _bindings(tree.body, name)
+        node = _pick(bindings)
         if node is not None:
-            return self._binding(mod, node, name, depth, seen)
+            return _unsure(self._binding(mod, node, name, depth, seen), bindings)
         sub = self._submodule(mod, name)
         if sub is not None:
             return sub
@@ -1124,10 +1133,11 @@ class _Resolver(object):
                 body = full.body if full is not None else []
         else:
             body = cls.body
-        node = _pick(_bindings(body, name))
+        bindings = _bindings(body, name)
+        node = _pick(bindings)
         if node is not None:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                return self._result("function", mod, node, params=_params(node))
+                return _unsure(self._result("function", mod, node, params=_params(node)), bindings)
             if isinstance(node, ast.ClassDef):
                 return self._result("class", mod, node)
             return self._result("assignment", mod, node)
