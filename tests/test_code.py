@@ -347,3 +347,36 @@ def test_probe_signatures_only_where_they_are_certain(tmp_path):
     assert find_symbol(paths, "lib.classes.Mixed")["signature"] is None  # nn.Module's __init__ comes first
     miss = find_symbol(paths, "lib.classes.Mixed.nothing")
     assert not miss["found"] and miss["undecided"]  # nn.Module (not read) may have it
+
+
+def test_what_every_module_and_class_has_is_found(tmp_path):
+    """Found on real checkouts (pytest, pip against their own venv): these gave false errors before."""
+    from moe_env.probe.target import find_symbol
+
+    lib = _write(tmp_path / "site", {
+        "lib/__init__.py": "from ._version import version as __version__\n",
+        "lib/_version.py": "version: str\n__version__ = version = '1.0'\n",
+        "lib/base.py": "class Auth:\n    def __call__(self, r):\n        return r\n",
+    })
+    paths = [str(lib)]
+    assert find_symbol(paths, "lib.__version__")["found"]  # a chained assignment binds both names
+    assert find_symbol(paths, "lib.__file__")["found"] and find_symbol(paths, "lib.base.__name__")["found"]
+    init = find_symbol(paths, "lib.base.Auth.__init__")
+    assert init["found"] and init["signature"] is None  # object's, whose signature is not read
+    assert not find_symbol(paths, "lib.base.Auth.nothing")["found"]
+
+
+def test_an_override_may_rename_a_positional_parameter(tmp_path, venvs):
+    code = _write(tmp_path / "c", {"t.py": """\
+        from transformers import Trainer
+
+
+        class T(Trainer):
+            def _save_checkpoint(self, m, t):
+                pass
+
+            def compute_loss(self, model, inputs, *args, **kwargs):
+                pass
+    """})
+    report, _ = _doctor(venvs["bad"], code)
+    assert not [f for f in report["findings"] if f["id"] == "code.override-signature"]

@@ -245,6 +245,8 @@ def _scan_file(scan: CodeScan, rel: str, data: bytes, local: Set[str], stdlib: S
         _Visitor(scan, rel, text_lines, local | stdlib).run(tree)
     except RecursionError:
         scan.problems.append(FileProblem(rel, "nested too deeply to read"))
+    except Exception as exc:  # a construct this reader does not know must cost one file, not the run
+        scan.problems.append(FileProblem(rel, f"not read ({type(exc).__name__}: {str(exc)[:100]}); please report it"))
 
 
 # ---------------------------------------------------------------- the visitor

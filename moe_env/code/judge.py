@@ -224,8 +224,11 @@ def _override(use: Use, info: ApiSymbol, env: Environment, matrix: Optional[Matr
         return None
     all_positional = list(sig.get("posonly") or []) + list(sig.get("args") or [])
     base_args = all_positional[1:]  # the first is self
-    named = [a for a in sig.get("args") or [] if a in base_args] + list(sig.get("kwonly") or [])
-    missing = [a for a in named if a not in use.accepts]
+    # a base parameter is taken when the override has a positional slot for it (any name: the library may
+    # pass it by position) or a parameter of its name; keyword-only ones only by name
+    slots = use.positional  # None: *args takes any number
+    missing = [a for i, a in enumerate(base_args) if slots is not None and i >= slots and a not in use.accepts]
+    missing += [k for k in sig.get("kwonly") or [] if k not in use.accepts]
     if not missing:
         return None
     dist, version = distribution_of(env, use.symbol)

@@ -688,6 +688,12 @@ def _pick(bindings):
     return bindings[0][0] if bindings else None
 
 
+_MODULE_IMPLICIT = frozenset(["__file__", "__name__", "__doc__", "__path__", "__spec__", "__loader__", "__package__",
+                              "__dict__", "__builtins__", "__cached__", "__annotations__"])
+# members every class has from object and type (read from this interpreter's builtins, not the target's code)
+_CLASS_IMPLICIT = frozenset(dir(object)) | frozenset(dir(type))
+
+
 def _unsure(result, bindings):
     """Several bindings, none unconditional (`if new: def f(a, b) else: def f(a)`): which one runs is not
     known statically, so the signature is not given (the name exists either way)."""
@@ -798,6 +804,8 @@ def _may_rebind(line, name):
     m = _ASSIGN.match(line)
     if m and name in _IDENT.findall(m.group(1)):
         return True
+    if m and re.search(r"=[ \t]*" + re.escape(name) + r"[ \t]*=(?!=)", line):
+        return True  # a chained assignment: `__version__ = version = "1.0"` binds both
     stripped = line.lstrip(" \t")
     if stripped.startswith(("import ", "from ")):
         m = _AFTER_IMPORT.search(stripped)
@@ -994,6 +1002,8 @@ class _Resolver(object):
         return None, error
 
     def _missing(self, mod, name, why=None):
+        if name in _MODULE_IMPLICIT:
+            return self._result("assignment", mod)
         if mod["kind"] in ("package", "namespace"):
             msg = "no module %s.%s, and %s does not define %s" % (
                 mod["name"], name, self.index.rel(mod["file"]) or "the namespace package", name)
@@ -1056,6 +1066,12 @@ class _Resolver(object):
                 why = self._dynamic(target, name, depth + 1)
                 if why:
                     return "star import from %s: %s" % (target_name, why)
+        return None
+
+    def _implicit(self, mod, name):
+        """Attributes every module has (__file__, __name__...): not written in its source, always there."""
+        if name in _MODULE_IMPLICIT:
+            return self._result("assignment", mod)
         return None
 
     def _submodule(self, mod, name):
@@ -1192,6 +1208,9 @@ class _Resolver(object):
                     r = dict(r, signature=dict(r["signature"], method=True))
                 return r
             name = current["_node"].name
+            if part in _CLASS_IMPLICIT and not self.open_bases:  # every base read: object/type supply it
+                return {"found": True, "kind": "function", "params": None, "file": current["file"],
+                        "line": current["line"], "error": None, "signature": None}
             return {"found": False, "kind": None, "params": None, "file": current["file"], "line": current["line"],
                     "error": "class %s (%s:%s) has no %s" % (name, current["file"], current["line"], part),
                     "undecided": "class %s has base classes the static reader does not follow" % name
