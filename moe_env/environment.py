@@ -96,6 +96,10 @@ class ApiSymbol:
     file: Optional[str] = None
     line: Optional[int] = None
     error: Optional[str] = None  # why it could not be decided: missing module, syntax error...
+    # parameter kinds for judging a call: posonly/args/kwonly (names), kwonly_required, vararg/kwarg (name or
+    # None), defaults (how many of posonly+args have one), decorators (dotted names), method (defined in a class)
+    signature: Optional[Dict[str, Any]] = None
+    undecided: Optional[str] = None  # not found, but the source may still make it at run time (lazy __getattr__...)
 
 
 @dataclass
@@ -195,6 +199,7 @@ class Environment:
     deepspeed: Optional[DeepSpeedBuild] = None
     extensions: Dict[str, Extension] = field(default_factory=dict)  # by key
     api: Dict[str, ApiSymbol] = field(default_factory=dict)  # by symbol
+    import_names: Dict[str, str] = field(default_factory=dict)  # top-level import name -> distribution (doctor --code)
     host: HostInfo = field(default_factory=HostInfo)
     probe_errors: List[str] = field(default_factory=list)  # things the probe could not read
     probe_seconds: Optional[float] = None
