@@ -1,6 +1,6 @@
 """moe-env probe: runs INSIDE the target interpreter and prints what it finds as JSON.
 
-Started as `python -I target.py [--stdin] [SYMBOL ...]` (stdin: {"symbols": [...], "extra_paths": [...]}).
+Started as `python -I -S target.py [--stdin] [SYMBOL ...]` (see target_site_paths) (stdin: {"symbols": [...], "extra_paths": [...]}).
 It must stay ONE stdlib-only file that parses and runs on Python 3.8 to 3.14, and it never imports
 the packages it inspects: a broken torch or a deepspeed whose import hangs must not stop the probe.
 It reads files only:
@@ -72,7 +72,7 @@ def _read_text(path, errors, what=None, limit=None):
 # ---------------------------------------------------------------- python
 
 
-def python_info(search_paths):
+def python_info(search_paths, prefix=None):
     import platform
     import sysconfig
 
@@ -94,12 +94,103 @@ def python_info(search_paths):
         "version": platform.python_version(),
         "implementation": sys.implementation.name,
         "executable": sys.executable,
-        "prefix": sys.prefix,
+        "prefix": prefix or sys.prefix,
         "platform": sysconfig.get_platform(),
         "machine": platform.machine(),
         "glibc": glibc,
         "sys_path": list(search_paths),
     }
+
+
+# ---------------------------------------------------------------- the target's search path, computed
+#
+# The probe runs with -I -S: no site.py, so no .pth `import` line, sitecustomize or usercustomize of
+# the target ever runs (a hostile venv once executed code that way, and a .pth that sleeps hung the
+# probe). What site.py would have put on sys.path is computed here instead, in its order: the venv
+# (pyvenv.cfg beside or above the executable, as site.venv() finds it), then the user site where the
+# target would enable it, then the prefixes' site-packages (site.getsitepackages, which also knows a
+# distribution's own layout such as Debian's dist-packages), each followed by the path lines of its
+# .pth files read as text.
+
+
+def _pyvenv_cfg(executable):
+    """(prefix, include-system-site-packages) of the venv `executable` belongs to, or None."""
+    exe_dir = os.path.dirname(os.path.abspath(executable))
+    site_prefix = os.path.dirname(exe_dir)
+    for conf in (os.path.join(exe_dir, "pyvenv.cfg"), os.path.join(site_prefix, "pyvenv.cfg")):
+        if not os.path.isfile(conf):
+            continue
+        system_site = "false"
+        text = _read_text(conf, None, limit=64 * 1024) or ""
+        for line in text.splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.strip().lower() == "include-system-site-packages":
+                system_site = value.strip().lower()
+        return site_prefix, system_site == "true"
+    return None
+
+
+def _pth_paths(sitedir, errors):
+    """The directories a sitedir's .pth files add, as site.addpackage() would, without running `import` lines."""
+    try:
+        names = sorted(n for n in os.listdir(sitedir) if n.endswith(".pth") and not n.startswith("."))
+    except OSError:
+        return []
+    out = []
+    for name in names[:1000]:
+        text = _read_text(os.path.join(sitedir, name), None, limit=1024 * 1024)
+        if text is None:
+            continue
+        for line in text.splitlines()[:10000]:
+            if not line or line.startswith("#") or line.startswith(("import ", "import\t")):
+                continue
+            path = os.path.abspath(os.path.join(sitedir, line.rstrip()))
+            if os.path.exists(path):
+                out.append(path)
+    return out
+
+
+def _user_site_enabled(venv):
+    if venv is not None and not venv[1]:
+        return False  # a venv without system site packages disables the user site (site.venv)
+    if os.environ.get("PYTHONNOUSERSITE"):
+        return False
+    if hasattr(os, "getuid") and hasattr(os, "geteuid") and os.geteuid() != os.getuid():
+        return False
+    if hasattr(os, "getgid") and hasattr(os, "getegid") and os.getegid() != os.getgid():
+        return False
+    return True
+
+
+def target_site_paths(errors):
+    """(site directories and their .pth paths in site.py's order, the target's sys.prefix)."""
+    import site
+
+    venv = _pyvenv_cfg(sys.executable)
+    prefixes = [sys.prefix, sys.exec_prefix]
+    ordered = []
+    if venv is not None:
+        # as site.venv() does, so a patched getsitepackages (Debian's) sees a venv, not the base install
+        sys.prefix = sys.exec_prefix = venv[0]
+        ordered.append([venv[0]])
+        prefixes = [venv[0]] + prefixes if venv[1] else []
+    user = []
+    if _user_site_enabled(venv):
+        try:
+            user = [site._get_path(site._getuserbase())]
+        except Exception:  # a patched site.py without these helpers: no user site, said once
+            errors.append("site.py has no user-site helpers; the user site (~/.local) was not read")
+    out = []
+    groups = ordered + [user] + ([prefixes] if prefixes else [])
+    for i, group in enumerate(groups):
+        is_user = group is user
+        dirs = group if is_user else site.getsitepackages(list(dict.fromkeys(group)))
+        for sitedir in dirs:
+            if sitedir in out or not os.path.isdir(sitedir):
+                continue
+            out.append(sitedir)
+            out.extend(p for p in _pth_paths(sitedir, errors) if p not in out)
+    return out, (venv[0] if venv else sys.prefix)
 
 
 # ---------------------------------------------------------------- distributions
@@ -1232,12 +1323,13 @@ def probe(symbols=(), extra_paths=()):
     started = time.time()
     errors = []
     search_paths = []
-    for p in list(extra_paths) + list(sys.path):
+    site_paths, prefix = (target_site_paths(errors) if sys.flags.no_site else ([], sys.prefix))
+    for p in list(extra_paths) + list(sys.path) + site_paths:
         if p and p not in search_paths:
             search_paths.append(p)
     dists, editable = scan_distributions(search_paths, errors)
     index = SourceIndex(search_paths, editable)
-    result = {"python": python_info(search_paths),
+    result = {"python": python_info(search_paths, prefix),
               "distributions": {name: _public(d) for name, d in sorted(dists.items())}}
     for key, fn in (("torch", torch_build), ("deepspeed", deepspeed_build), ("extensions", extensions)):
         try:
