@@ -38,7 +38,7 @@ def register(sub) -> None:
     p.add_argument("--project", metavar="PROJECT", help="only this project's (and the generic) known issues")
     p.add_argument("--python", metavar="PATH",
                    help="probe this interpreter's environment (never imported) to confirm or rule out each cause")
-    p.add_argument("--json", action="store_true", help="print one JSON document (schema moe-env.explain/2)")
+    p.add_argument("--json", action="store_true", help="print one JSON document (schema moe-env.explain/1)")
     p.set_defaults(func=run)
 
 
@@ -144,7 +144,7 @@ def run(args) -> int:
     results = triage.results()
     harmful = triage.harmful()
     if args.json:
-        doc = {"schema": "moe-env.explain/2", "file": args.file, "lines": triage.lines,
+        doc = {"schema": "moe-env.explain/1", "file": args.file, "lines": triage.lines,
                "tracebacks": triage.tracebacks, "issues_checked": triage.issue_count,
                "patterns_checked": triage.pattern_count, "projects_detected": sorted(triage.relevant),
                "python": args.python, "harmful": harmful, "matches": [m.to_dict() for m in results]}
