@@ -140,6 +140,9 @@ def _seq_literals(items: List[Any]) -> Optional[List[str]]:
     return best
 
 
+_NO_DIGITS = {c: None for c in range(ord("0"), ord("9") + 1)}
+
+
 def _specificity(pattern: str) -> int:
     """How much fixed text a pattern demands: the number of literal characters anywhere in it."""
     try:
@@ -289,6 +292,17 @@ class Triage:
                     self._lit_map.setdefault((s, lit[1]), []).append((idx, role))
         self._literals = list(self._lit_map)
         self._need_lower = any(lower for _, lower in self._literals)
+        # Before scanning a chunk for every literal, its lines are reduced to their distinct shapes (digits
+        # deleted, duplicates dropped: a training log is mostly the same few lines with other numbers), and
+        # a literal is looked for in the chunk only when its digit-free form is in those shapes.
+        self._shaped: List[Tuple[str, str, bool]] = []  # (digit-free literal, literal, lower)
+        self._always: List[Tuple[str, bool]] = []
+        for lit, lower in self._literals:
+            shape = lit.translate(_NO_DIGITS)
+            if len(shape) >= MIN_LITERAL:
+                self._shaped.append((shape, lit, lower))
+            else:
+                self._always.append((lit, lower))
         self._tb_lit = TRACEBACK
         # projects named on the command line or detected (in the log, or by --python)
         self.relevant: Set[str] = {p for p in named}
@@ -366,14 +380,20 @@ class Triage:
             chunk = _ANSI.sub("", chunk)
         base = self.lines
         n_lines = chunk.count("\n")
-        lowered = chunk.lower() if (self._need_lower or self._detect) else chunk
-        if len(lowered) != len(chunk):  # case folding changed lengths (rare scripts): judge line by line
+        lowered = chunk.lower() if self._need_lower else chunk
+        if self._need_lower and len(lowered) != len(chunk):  # case folding changed lengths (rare scripts): judge line by line
             for line in chunk.splitlines():
                 self._feed_chunk_lines(line)
             return
-        self._detect_projects(lowered)
         cand: Dict[int, Set[Tuple[int, int]]] = {}
-        for lit, lower in self._literals:
+        if len(self._shaped) > 8:
+            shapes = "\n".join(set(chunk.translate(_NO_DIGITS).split("\n")))
+            shapes_low = shapes.lower() if self._need_lower else shapes
+            todo = self._always + [(lit, lower) for shape, lit, lower in self._shaped
+                                   if shape in (shapes_low if lower else shapes)]
+        else:
+            todo = self._literals
+        for lit, lower in todo:
             hay = lowered if lower else chunk
             pos = hay.find(lit)
             while pos != -1:
@@ -414,7 +434,6 @@ class Triage:
     def _feed_chunk_lines(self, line: str) -> None:
         self.lines += 1
         low = line.lower()
-        self._detect_projects(low)
         roles: Set[Tuple[int, int]] = set(self._slow)
         for (lit, lower), items in self._lit_map.items():
             if lit in (low if lower else line):
@@ -433,6 +452,8 @@ class Triage:
 
     def _line(self, raw: str, number: int, roles: Optional[Set[Tuple[int, int]]]) -> None:
         text = raw[:MAX_LINE].rstrip("\r\n")
+        if self._detect:
+            self._detect_projects(text.lower())
         key, body = split_prefix(text)
         unit_role = self._structure(key, body, number)
         if not roles:
