@@ -380,19 +380,23 @@ class Triage:
             chunk = _ANSI.sub("", chunk)
         base = self.lines
         n_lines = chunk.count("\n")
-        lowered = chunk.lower() if self._need_lower else chunk
-        if self._need_lower and len(lowered) != len(chunk):  # case folding changed lengths (rare scripts): judge line by line
+        lowered = chunk.lower() if (self._need_lower or self._detect) else chunk
+        if lowered is not chunk and len(lowered) != len(chunk):  # case folding changed lengths (rare scripts): judge line by line
             for line in chunk.splitlines():
                 self._feed_chunk_lines(line)
             return
         cand: Dict[int, Set[Tuple[int, int]]] = {}
         if len(self._shaped) > 8:
             shapes = "\n".join(set(chunk.translate(_NO_DIGITS).split("\n")))
-            shapes_low = shapes.lower() if self._need_lower else shapes
+            shapes_low = shapes.lower() if (self._need_lower or self._detect) else shapes
+            if self._detect:
+                self._detect_projects(shapes_low)
             todo = self._always + [(lit, lower) for shape, lit, lower in self._shaped
                                    if shape in (shapes_low if lower else shapes)]
         else:
             todo = self._literals
+            if self._detect:
+                self._detect_projects(lowered)
         for lit, lower in todo:
             hay = lowered if lower else chunk
             pos = hay.find(lit)

@@ -23,7 +23,21 @@ exit codes: 0 nothing harmful matched (benign matches or none); 1 a harmful know
 2 bad usage or unreadable file; 4 internal error.
 """
 
-FIFO_WAIT = 10.0  # seconds to wait for a writer on a FIFO before giving up
+FIFO_WAIT = 10  # seconds to wait for a writer on a FIFO before giving up ($MOE_ENV_EXPLAIN_WAIT)
+
+
+def _fifo_wait() -> int:
+    import os
+
+    from moe_env.untrusted import UntrustedInput, as_int
+
+    raw = os.environ.get("MOE_ENV_EXPLAIN_WAIT")
+    if not raw:
+        return FIFO_WAIT
+    try:
+        return as_int(raw, lo=0, hi=3600, what="MOE_ENV_EXPLAIN_WAIT")
+    except UntrustedInput:
+        return FIFO_WAIT
 
 
 def register(sub) -> None:
@@ -69,14 +83,15 @@ def open_log(path: str):
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    wait = _fifo_wait()
     try:
-        ready, _, _ = select.select([fd], [], [], FIFO_WAIT)
+        ready, _, _ = select.select([fd], [], [], wait)
     except (OSError, ValueError) as exc:
         os.close(fd)
         raise UsageError(f"{path}: cannot read ({exc})") from None
     if not ready:
         os.close(fd)
-        raise UsageError(f"{path}: a pipe with nothing written to it in {FIFO_WAIT:.0f} s (no writer?)")
+        raise UsageError(f"{path}: a pipe with nothing written to it in {wait} s (no writer?)")
     os.set_blocking(fd, True)
     return io.TextIOWrapper(io.FileIO(fd, "rb", closefd=True), encoding="utf-8", errors="replace")
 
