@@ -35,6 +35,7 @@ CHUNK = 4 * 1024 * 1024
 MIN_LITERAL = 3
 CONTEXT_LINES = 60  # a context pattern counts when it matched this many lines before (or in the same traceback)
 MAX_UNIT_LINES = 400  # a traceback longer than this is closed (a log that never prints its exception line)
+UNIT_IDLE = 200  # a traceback with no line of its own in this many lines is closed
 GENERIC = ""  # Match.project of a generic known issue
 
 TRACEBACK = "Traceback (most recent call last)"
@@ -255,6 +256,7 @@ class _Unit:
     exc_frame: str = ""
     exc_line: str = ""
     hits: List[Tuple[int, int, int, int, str, str, Dict[str, str]]] = field(default_factory=list)
+    last: int = 0  # number of its last line: a traceback other ranks' lines have buried for UNIT_IDLE lines is over
     cont: int = 0  # continuation lines of the exception message
     open: bool = False  # the last exception line does not end a sentence: the message goes on
     ctx_issues: Set[int] = field(default_factory=set)  # issues whose context pattern matched inside it
@@ -529,7 +531,12 @@ class Triage:
         """Follow the traceback of this rank: returns "frame", "exc" when the line belongs to one, else None."""
         stripped = body.lstrip()
         indent = len(body) - len(stripped)
+        if len(self._units) > 1 or key not in self._units:
+            for k in [k for k, v in self._units.items() if number - v.last > UNIT_IDLE]:
+                self._close(k)
         u = self._units.get(key)
+        if u is not None:
+            u.last = number
         if stripped.startswith(TRACEBACK):
             if u is not None and u.state == "chain":  # "During handling of the above exception..."
                 u.state, u.blanks, u.indent = "frames", 0, indent
@@ -537,7 +544,7 @@ class Triage:
             if u is not None:
                 self._close(key)
             self.tracebacks += 1
-            self._units[key] = _Unit(start=number, indent=indent)
+            self._units[key] = _Unit(start=number, indent=indent, last=number)
             return "frame"
         if u is None:
             return None
