@@ -602,7 +602,8 @@ class Triage:
     def results(self) -> List[Match]:
         """Harmful matches first (by first line, most specific first), then the benign ones."""
         def order(m: Match) -> Tuple[Any, ...]:
-            return (m.issue.benign, m.first_line, m.rank, m.issue.id)
+            tier = 1 if m.project == GENERIC else (0 if m.project in self.relevant else 2)
+            return (m.issue.benign, m.first_line, tier, m.rank, m.issue.id)
         return sorted(self.matches.values(), key=order)
 
     def harmful(self) -> bool:
