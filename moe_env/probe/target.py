@@ -46,20 +46,56 @@ EXTENSIONS = [
     ("mmengine", ["mmengine"], ["mmengine"]),
 ]
 _COMPILED_SUFFIXES = (".so", ".pyd", ".dylib")
+# bounds on what a distribution's metadata may make the probe (and the checks after it) chew on: real
+# METADATA is under 1 MB (transformers: ~80 kB, ~500 Requires-Dist); versions are under 64 characters
+_METADATA_LIMIT = 8 * 1024 * 1024
+_MAX_REQUIRES = 5000
+_MAX_VERSION = 128
 
 
 def normalize_name(name):
     return _NAME_RE.sub("-", name).lower()
 
 
-def _read_text(path, errors, what=None, limit=None):
-    """File text (utf-8, undecodable bytes replaced) or None; unreadable files are noted in `errors`."""
+_READ_LIMIT = 64 * 1024 * 1024
+
+
+def _read_bytes(path, errors, what=None, limit=_READ_LIMIT):
+    """A regular file's first `limit` bytes, or None: a FIFO, device or socket is refused without blocking
+    (opened O_NONBLOCK, judged by fstat), so a planted pipe cannot hang the probe nor /dev/zero fill memory."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(limit) if limit else fh.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         if errors is not None:
             errors.append("%s: cannot read (%s)" % (what or path, exc.strerror or exc))
+        return None
+    try:
+        import stat
+
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            if errors is not None:
+                errors.append("%s: not a regular file" % (what or path))
+            return None
+        chunks, left = [], limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        if errors is not None:
+            errors.append("%s: cannot read (%s)" % (what or path, exc.strerror or exc))
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_text(path, errors, what=None, limit=None):
+    """File text (utf-8, undecodable bytes replaced) or None; unreadable files are noted in `errors`."""
+    data = _read_bytes(path, errors, what, limit or _READ_LIMIT)
+    if data is None:
         return None
     try:
         return data.decode("utf-8")
@@ -198,7 +234,7 @@ def target_site_paths(errors):
 
 def parse_headers(text):
     """RFC 822-style headers of METADATA / PKG-INFO (the part before the first blank line)."""
-    headers = []
+    headers = []  # (key, [value lines]): folded lines are joined once at the end, not per line (quadratic)
     end = text.find("\n\n")
     if end >= 0:
         text = text[:end]
@@ -206,14 +242,13 @@ def parse_headers(text):
         if not line:  # only a truly empty line ends the headers: "        " continues a folded License
             break
         if line[:1] in (" ", "\t") and headers:
-            key, value = headers[-1]
-            headers[-1] = (key, value + "\n" + line.strip())
+            headers[-1][1].append(line.strip())
             continue
         key, sep, value = line.partition(":")
         if not sep:
             continue
-        headers.append((key.strip().lower(), value.strip()))
-    return headers
+        headers.append((key.strip().lower(), [value.strip()]))
+    return [(key, "\n".join(values)) for key, values in headers]
 
 
 def _split_info_name(entry):
@@ -259,7 +294,7 @@ def read_distribution(location, entry, errors):
             "location": location, "installer": None, "metadata_error": None, "path": path}
     text = None
     if os.path.isfile(meta_path):
-        text = _read_text(meta_path, None)
+        text = _read_text(meta_path, None, limit=_METADATA_LIMIT)
         if text is None:
             dist["metadata_error"] = "%s unreadable" % os.path.basename(meta_path)
     else:
@@ -274,11 +309,14 @@ def read_distribution(location, entry, errors):
                 name = value
             elif key == "version" and version is None:
                 version = value
-            elif key == "requires-dist":
-                requires.append(value)
+            elif key == "requires-dist" and len(requires) < _MAX_REQUIRES:
+                requires.append(value[:1000])
         if name:
             dist["name"] = normalize_name(name)
             dist["raw_name"] = name
+        if version and len(version) > _MAX_VERSION:
+            dist["metadata_error"] = "%s has a Version of %d characters" % (os.path.basename(meta_path), len(version))
+            version = version[:_MAX_VERSION]
         if version:
             dist["version"] = version
         if not name or not version:
@@ -475,13 +513,14 @@ class SourceIndex(object):
         elif mod["kind"] == "extension":
             result = (None, "compiled extension %s (no source to read)" % os.path.basename(path))
         else:
-            try:
-                if os.path.getsize(path) > _SOURCE_LIMIT:
-                    raise OSError("larger than %d bytes" % _SOURCE_LIMIT)
-                with open(path, "rb") as fh:
-                    result = (fh.read(), None)
-            except (OSError, ValueError) as exc:
-                result = (None, "cannot read %s (%s)" % (self.rel(path), getattr(exc, "strerror", None) or exc))
+            problems = []
+            data = _read_bytes(path, problems, self.rel(path), _SOURCE_LIMIT + 1)
+            if data is None:
+                result = (None, "cannot read %s (%s)" % (self.rel(path), (problems or ["unreadable"])[0].rsplit(": ", 1)[-1]))
+            elif len(data) > _SOURCE_LIMIT:
+                result = (None, "cannot read %s (larger than %d bytes)" % (self.rel(path), _SOURCE_LIMIT))
+            else:
+                result = (data, None)
         self._sources[path] = result
         return result
 
