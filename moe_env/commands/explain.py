@@ -16,7 +16,7 @@ examples:
   moe-env explain train.log                     a whole log, streamed
   tail -n 200 slurm-1234.out | moe-env explain  from stdin
   moe-env explain --project xtuner run.log      only XTuner's and the generic known issues
-  moe-env explain err.txt --python /opt/venv/bin/python   confirm the cause in that environment
+  moe-env explain train.log --python /opt/venv/bin/python   confirm the cause in that environment
   moe-env explain train.log --json              machine-readable matches
 
 exit codes: 0 nothing harmful matched (benign matches or none); 1 a harmful known issue matched;
