@@ -53,12 +53,15 @@ def _check_shape(text, project, stack, matrix):
     args = {c.value[0].split("=", 1)[0]: c.value[0].split("=", 1)[1] for c in cmds if c.cmd.upper() == "ARG"}
     images = [args[f.value[0][2:-1]] if f.value[0].startswith("${") else f.value[0] for f in froms]
     if stack.cuda not in ("", "cpu"):
-        row = matrix.cuda_image(stack.cuda)
-        assert row is not None, f"no [[cuda_image]] row for CUDA {stack.cuda}"
+        # the target's CUDA: the stack's own, or the build of its torch the GPUs need (cu117 lacks sm_90)
+        cuda = re.search(r"\(torch \S+, CUDA (\d+\.\d+), Python", text).group(1)
+        assert cuda == stack.cuda or cuda in matrix.torch_release(stack.pins["torch"]).cuda_builds
+        row = matrix.cuda_image(cuda)
+        assert row is not None, f"no [[cuda_image]] row for CUDA {cuda}"
         for image in images:
             m = TAG_RE.match(image)
             assert m, image
-            assert m.group(1) == row.version and m.group(1).startswith(stack.cuda + ".")
+            assert m.group(1) == row.version and m.group(1).startswith(cuda + ".")
         # what people run is the runtime flavour, unless deepspeed JIT-compiles there (then it keeps nvcc)
         assert images[-1].endswith(row.tag("devel" if runtime_compiles(stack) else "runtime"))
         if len(froms) > 1:

@@ -43,6 +43,10 @@ def setup(tmp_path, monkeypatch, index):
     monkeypatch.setenv("MOE_ENV_MATRIX", str(root))
     monkeypatch.setenv("MOE_ENV_FLASH_ATTN_RELEASES", "http://127.0.0.1:9/v{version}.json")  # live check: offline
     monkeypatch.setenv("MOE_ENV_LOCKFILES", str(tmp_path / "lockfiles"))
+    # lock judges the host as doctor does: this machine's own nvcc, driver and GPUs must not decide the tests
+    monkeypatch.setenv("MOE_ENV_NVCC_VERSION", "none")
+    monkeypatch.setenv("MOE_ENV_GPUS", "none")
+    monkeypatch.delenv("MOE_ENV_CUDA_DRIVER_VERSION", raising=False)
     (tmp_path / "lockfiles").mkdir()
     return tmp_path
 
@@ -96,7 +100,7 @@ def test_uv_and_pip_tools_agree_and_hash_the_real_files(setup, capsys, index, cu
         body = [ln for ln in text.splitlines() if not ln.startswith("#")]
         assert not any(re.match(r"\s*(--index-url|--extra-index-url|-i |--find-links)", ln) for ln in body)
         assert "# moe-env lockfile: toymoe (variants 8x7b), stack toy-8x7b-cu121" in text
-        assert "then build from source (not in this file): flash-attn==2.5.8" in text
+        assert "then install with build steps (not in this file): flash-attn==2.5.8" in text
 
 
 def test_lockfile_installs_with_pip_require_hashes(setup, capsys, index, venv):
@@ -172,9 +176,11 @@ def test_network_failure_is_exit_3_and_says_what_works_offline(setup, capsys, in
     code, out, err = run_cli(capsys, "lock", "toy", "--refresh", "--index-url", f"http://127.0.0.1:{port}/simple/",
                              "--timeout", "60")
     assert code == 3, err
-    assert err.startswith("moe-env: error: uv could not reach the package index")
+    said, error = err.strip().splitlines()
+    assert said == "moe-env: resolving toy-8x7b-cu121 online with uv (--refresh asks for a fresh resolution)"
+    assert error.startswith("moe-env: error: uv could not reach the package index")
     assert "offline, shipped lockfiles still work: `moe-env lock toymoe --model 8x7b --cuda 12.1` (toy-8x7b-cu121)" in err
-    assert len(err.strip().splitlines()) == 1 and out == ""
+    assert out == ""
     assert time.monotonic() - start < 60
 
 
@@ -219,7 +225,7 @@ def test_shipped_lockfile_json_and_explain(setup, capsys):
     assert [s["package"] for s in doc["build_steps"]] == ["flash-attn"]
     code, out, _ = run_cli(capsys, "lock", "toy", "--explain")
     assert code == 0 and "stack    toy-8x7b-cu121" in out and f"shipped: {path}" in out
-    assert "no prebuilt flash-attn 2.5.8 wheel matches" in out
+    assert "flash-attn 2.5.8 publishes no cu122torch2.1cxx11abiFALSE-cp" in out
 
 
 def test_output_is_atomic_and_not_clobbered(setup, capsys):
@@ -243,7 +249,6 @@ def test_output_is_atomic_and_not_clobbered(setup, capsys):
     (["lock", "toy", "--model", "70b"], "unknown model variant '70b'"),
     (["lock", "toy", "--cuda", "99.9"], "--cuda 99.9: no torch build for CUDA 99.9"),
     (["lock", "toy", "--python", "3.13"], "no known-good toymoe stack runs on Python 3.13"),
-    (["lock", "toy", "-o", "/nonexistent-dir/x.txt"], "folder /nonexistent-dir does not exist"),
     (["lock", "toy", "-o", "/proc/moe-env-test.txt"], "/proc/moe-env-test.txt: cannot write"),
     (["lock", "toy", "-o", "/tmp"], "is a directory"),
 ])

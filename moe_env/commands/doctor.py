@@ -18,6 +18,7 @@ examples:
   moe-env doctor --json > $(hostname).json         a report for `moe-env diff` or --from-json
   moe-env doctor --from-json node07.json mgm       judge a saved report again, no probing
   moe-env doctor --lockfile requirements.lock      what differs from a lockfile
+  MOE_ENV_GPUS=V100x8 moe-env doctor mgm --from-lock requirements.txt   a lockfile, judged as if installed there
 
 environment: MOE_ENV_GPUS (8.0x8, H100:9.0, none), MOE_ENV_CUDA_DRIVER_VERSION and MOE_ENV_NVCC_VERSION
 replace the probed host facts; NO_COLOR turns colour off; MOE_ENV_NO_CACHE=1 re-reads the matrix.
@@ -47,6 +48,8 @@ def register(sub) -> None:
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     p.add_argument("--json", action="store_true", help="print one JSON document (schema moe-env.doctor/1)")
     p.add_argument("--from-json", metavar="FILE", help="judge a saved `doctor --json` report instead of probing ('-' = stdin)")
+    p.add_argument("--from-lock", metavar="FILE",
+                   help="judge a lockfile (requirements or pylock.toml) as if installed on this host, or the one stated by MOE_ENV_*")
     p.add_argument("--lockfile", metavar="FILE", help="also report what differs from this requirements-style lockfile")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help=f"give up on the probe after this long (default {DEFAULT_TIMEOUT:g})")
@@ -72,7 +75,11 @@ def run(args) -> int:
     matrix = load_matrix_cached()
     project = resolve_project(matrix, args.project) if args.project else None
 
-    if args.from_json:
+    if args.from_lock:
+        from moe_env.lock.as_env import doctor_from_lock_args
+
+        env, project, variants = doctor_from_lock_args(args, matrix, project)
+    elif args.from_json:
         saved = read_report(args.from_json)
         env = saved.environment
         if args.build:
@@ -149,7 +156,7 @@ def _read_lockfile(path):
 
 def _header(report, project, from_json) -> str:
     py = report.environment.python
-    where = f"report {from_json}" if from_json else py.executable
+    where = f"report {from_json}" if from_json else py.executable  # a lockfile's "executable" names the lockfile
     head = f"moe-env doctor: {where} (Python {py.version})"
     if project is not None:
         how = "detected" if report.detected else "project"
