@@ -29,7 +29,7 @@ from moe_env.errors import UsageError
 from moe_env.findings import Finding
 from moe_env.matrix.model import Matrix
 
-_HEAD = re.compile(r"^# moe-env lockfile: (?P<project>\S+) \((?:variant (?P<variant>[^)]+)|variants? [^)]*)\), stack (?P<stack>\S+)")
+_HEAD = re.compile(r"^# moe-env lockfile: (?P<project>\S+) \((?:variant (?P<variant>[^),]+)|variants (?P<variants>[^)]*))\), stack (?P<stack>\S+)")
 _TARGET_PY = re.compile(r"^# target: .*CPython (?P<py>3\.\d+)")
 _LOCAL_CUDA = re.compile(r"^cu(\d+)(\d)$")
 
@@ -49,6 +49,7 @@ class LockedSet:
     variant: Optional[str] = None
     stack: Optional[str] = None
     origin: str = "lockfile"
+    variants: List[str] = field(default_factory=list)  # the variants the header names (one, or the stack's)
 
 
 def read_locked(text: str, origin: str, python: Optional[str] = None) -> LockedSet:
@@ -66,8 +67,10 @@ def read_locked(text: str, origin: str, python: Optional[str] = None) -> LockedS
         pins, later = _read_pylock(text, origin, py), {}
     else:
         pins, later = _read_requirements(text, origin, py)
+    named = [head["variant"]] if head.get("variant") else [v.strip() for v in head.get("variants", "").split(",") if v.strip()]
     return LockedSet(pins=pins, source_builds=later, python=py, project=head.get("project"),
-                     variant=head.get("variant"), stack=head.get("stack"), origin=origin)
+                     variant=head.get("variant"), stack=head.get("stack"), origin=origin,
+                     variants=[v for v in named if v != "all"])
 
 
 def _marker_env(python: Optional[str]) -> dict:
@@ -273,7 +276,7 @@ def doctor_from_lock(path: str, matrix: Matrix, host: HostInfo, python: Optional
     """For `doctor --from-lock`: (Environment, project name or None, variant ids) of a lockfile on `host`."""
     locked = read_locked(read_lockfile(path), path, python)
     env = environment_from_locked(matrix, locked, host, python)
-    return env, locked.project, [locked.variant] if locked.variant else []
+    return env, locked.project, list(locked.variants)
 
 
 def doctor_from_lock_args(args, matrix: Matrix, project):
