@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 EPILOG = """\
 The image: the nvidia/cuda base whose CUDA matches the stack's torch build (devel where something
@@ -73,6 +74,7 @@ def run(args) -> int:
     from moe_env.errors import UsageError
     from moe_env.matrix.loader import load_matrix
 
+    validate_args(args)
     matrix = load_matrix()
     resolution = _resolve(matrix, args)
     stack = resolution.stack
@@ -87,7 +89,7 @@ def run(args) -> int:
         matrix_dir=args.matrix_dir.rstrip("/"),
         lockfile=args.lockfile,
         moe_env_spec=args.moe_env_spec,
-        command="moe-env " + " ".join(shlex.quote(a) for a in argv) if argv else "",
+        command=_one_line("moe-env " + " ".join(shlex.quote(a) for a in argv)) if argv else "",
     )
     plan = plan_dockerfile(matrix, resolution, steps, options)
     text = render_dockerfile(plan)
@@ -117,6 +119,45 @@ def run(args) -> int:
         _write_atomic(path, data)
     print(f"moe-env: wrote {', '.join(str(p) for p, _ in writes)}", file=sys.stderr)
     return 0
+
+
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")  # registry/name:tag@sha256:digest
+_CONTEXT_PATH = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.(?:/|$))[A-Za-z0-9._+/-]{1,255}$")  # inside the build context
+
+
+def validate_args(args) -> None:
+    """Every value that reaches a Dockerfile instruction or a build script: no newline, no ${...}, no quote.
+
+    An image reference, build-context paths and a pip requirement have small grammars; a value outside
+    them is refused (exit 2) rather than quoted, because Dockerfile instructions have no quoting that
+    covers every instruction (FROM, COPY and RUN differ).
+    """
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    from moe_env.errors import UsageError
+
+    if args.base and not _IMAGE.match(args.base):
+        raise UsageError(f"--base {_one_line(args.base)!r}: not an image reference (registry/name:tag)")
+    for flag, value in (("--wheelhouse", args.wheelhouse), ("--matrix-dir", args.matrix_dir), ("--lockfile", args.lockfile)):
+        if value and not _CONTEXT_PATH.match(value):
+            raise UsageError(f"{flag} {_one_line(value)!r}: expected a relative path inside the build context "
+                             "(letters, digits, . _ + - /; no '..')")
+    spec = args.moe_env_spec
+    if spec:
+        if _CONTEXT_PATH.match(spec) and spec.endswith(".whl"):
+            return
+        try:
+            req = Requirement(spec)
+        except InvalidRequirement:
+            req = None
+        if req is None or req.url or any(c in spec for c in "\n\r$`'\"\\;|&<>") or req.name.lower().replace("_", "-") != "moe-env":
+            raise UsageError(f"--moe-env {_one_line(spec)!r}: expected a requirement for moe-env (moe-env==0.1.0) "
+                             "or a .whl path inside the build context")
+
+
+def _one_line(text: str) -> str:
+    """A value shown in a Dockerfile comment: control characters escaped, so it cannot start a new line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _shown_argv(argv):
@@ -192,8 +233,8 @@ def _check_target(path, data: bytes, force: bool) -> None:
         if path.is_file() and path.read_bytes() == data:
             return
         raise UsageError(f"{path} exists; pass --force to replace it")
-    if not path.parent.is_dir():
-        raise UsageError(f"{path.parent}: no such folder")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UsageError(f"{path.parent}: not a folder")
 
 
 def _write_atomic(path, data: bytes) -> None:
@@ -205,6 +246,7 @@ def _write_atomic(path, data: bytes) -> None:
     if path.exists() and path.is_file() and path.read_bytes() == data:
         return
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # -o newdir/Dockerfile: the folder is made
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None

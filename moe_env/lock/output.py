@@ -27,8 +27,10 @@ def write_atomic(path: Path, text: str, force: bool = False) -> bool:
         if not force:
             raise UsageError(f"{path}: exists and differs; use --force to replace it")
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"{path}: folder {parent} does not exist")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)  # -o newdir/file: the folder is made
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot create folder {parent}: {exc.strerror or exc}") from None
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(parent))
