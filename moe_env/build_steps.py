@@ -390,6 +390,8 @@ def _git_step(resolution: Resolution, package: str, ref: str, archs: List[str]) 
 SCRIPT_HEAD = """\
 #!/usr/bin/env bash
 # {title}
+# each step's exports stay inside its ( ... ) group on purpose:
+# shellcheck disable=SC2030,SC2031
 # Run after installing the lockfile, in the environment it went into:
 #   PYTHON=/path/to/venv/bin/python bash build-steps.sh
 set -euo pipefail

@@ -4,6 +4,7 @@ nvcc/python/ninja on PATH standing in for the toolchain)."""
 import json
 import os
 import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -218,3 +219,97 @@ def test_commit_build_checks_out_the_named_commit(tmp_path, monkeypatch):
     head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert head == sha  # the named commit, not the newer one
     assert f"--no-build-isolation {src}" in log.read_text()
+
+
+def _targets():
+    from moe_env.matrix.loader import load_matrix as real
+
+    m = real()
+    for p in m.projects.values():
+        for s in p.stacks:
+            yield m, p.name, s, None
+        yield m, p.name, None, "cpu"
+
+
+@pytest.mark.parametrize("case", list(_targets()), ids=lambda c: f"{c[1]}/{c[2].id if c[2] else 'cpu'}")
+def test_every_script_passes_bash_n_and_shellcheck(case, tmp_path):
+    """Each stack's build-steps script (and the CPU one) parses with bash -n and is clean under shellcheck."""
+    import shutil
+
+    from moe_env.build_steps import render_script
+    from moe_env.resolver import resolve_stack
+
+    m, project, stack, cuda = case
+    r = resolve_stack(m, project, stack.id) if stack else resolve(m, project, cuda=cuda)
+    script = tmp_path / "steps.sh"
+    script.write_text(render_script(build_steps(r)))
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (Debian: apt-get install -y shellcheck; .ci/run installs it)")
+    proc = subprocess.run(["shellcheck", "-s", "bash", str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_cpu_target_writes_no_cuda_compile_and_says_what_to_do():
+    from moe_env.matrix.loader import load_matrix as real
+
+    r = resolve(real(), "minigemini", cuda="cpu")
+    (step,) = [s for s in build_steps(r) if s.package == "flash-attn"]
+    assert "cannot be built for a CPU torch" in step.reason and "--cuda auto" in step.reason
+    assert "FLASH_ATTENTION_FORCE_BUILD" not in step.env and step.commands[-1] == "exit 1"
+    assert not any("pip_install" in c for c in step.commands)
+
+
+def test_precondition_prints_expected_and_found(tmp_path):
+    """A real run of a precondition against a fake torch in a real venv: it says what it wanted and saw."""
+    from moe_env.build_steps import render_script
+    from moe_env.matrix.loader import load_matrix as real
+
+    r = resolve(real(), "minigemini")
+    (step,) = [s for s in build_steps(r) if s.package == "flash-attn"]
+    torch_dir = tmp_path / "site" / "torch"
+    (torch_dir / "version").mkdir(parents=True)
+    (torch_dir / "__init__.py").write_text("__version__ = '2.1.2+cu121'\nfrom torch import version\n")
+    (torch_dir / "version" / "__init__.py").write_text("cuda = '12.1'\n")
+    script = tmp_path / "steps.sh"
+    script.write_text(render_script([step]))
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(tmp_path / "site")})
+    assert proc.returncode == 1
+    assert "expected torch 2.0.1 (CUDA 11.7), found torch 2.1.2 (CUDA 12.1)" in proc.stderr
+    assert "precondition on line" in proc.stderr and "nothing was built" in proc.stderr
+
+
+def test_script_installs_with_uv_pip_into_a_venv_without_pip(tmp_path):
+    """uv-made venvs have no pip: the script's pip_install falls back to `uv pip install --python`."""
+    import shutil
+
+    from fakes import build_wheel
+
+    from moe_env.build_steps import BuildStep
+    from moe_env.lock.backends import uv_binary
+
+    uv = uv_binary()
+    venv = tmp_path / "venv"
+    subprocess.run([uv, "venv", "--python", sys.executable, str(venv)], check=True, capture_output=True, timeout=120,
+                   env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"})
+    py = venv / "bin" / "python"
+    assert subprocess.run([str(py), "-m", "pip", "--version"], capture_output=True).returncode != 0  # really no pip
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    build_wheel(wheels, "toyext", "1.0")
+    step = BuildStep(package="toyext", version="1.0", reason="test", env={}, preconditions=[],
+                     commands=[f"pip_install --no-index --find-links {wheels} toyext==1.0"],
+                     verify=['"$PYTHON" -c "import toyext"'])
+    script = tmp_path / "steps.sh"
+    script.write_text(render_script([step]))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "uv").symlink_to(uv)
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHON": str(py), "PATH": f"{bindir}:/usr/bin:/bin",
+                               "UV_CACHE_DIR": str(tmp_path / "uvcache"), "UV_NO_CONFIG": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "all steps built and verified" in proc.stderr
+    assert shutil.which("pip", path=str(venv / "bin")) is None

@@ -143,9 +143,18 @@ def refusal(refused: List[Tuple[Resolution, List[Finding]]], host: HostInfo) -> 
     msg = (f"{r.project.name}: doctor would fail every stack that fits this host ({host_words(host)}); "
            f"best candidate {r.stack.id} (CUDA {r.target.cuda}): {e.id}: {e.title}: {e.seen}. Fix: {e.fix}"
            + (f". Also refused: {others}" if others else "")
-           + ". To lock for another machine, state its facts (MOE_ENV_GPUS, MOE_ENV_CUDA_DRIVER_VERSION, "
-             "MOE_ENV_NVCC_VERSION=X.Y|none) or use --build")
+           + ". " + _elsewhere(e))
     return LockRefused(msg, findings)
+
+
+def _elsewhere(e: Finding) -> str:
+    """How to lock for a machine other than this one, for the fact the finding is about."""
+    if e.id.startswith("build.nvcc"):
+        return "To lock for another machine, state its toolkit: MOE_ENV_NVCC_VERSION=X.Y, or =none where nothing compiles"
+    if e.id.startswith(("torch.driver", "torch.gpu", "gpu.", "host.")):
+        return ("To lock for another machine, state its GPUs and driver (MOE_ENV_GPUS, MOE_ENV_CUDA_DRIVER_VERSION), "
+                "or use --build for an image judged on its nodes")
+    return "To lock for another machine, state its facts (MOE_ENV_GPUS, MOE_ENV_CUDA_DRIVER_VERSION, MOE_ENV_NVCC_VERSION)"
 
 
 def check_text(matrix: Matrix, resolution: Resolution, text: str, origin: str, host: HostInfo) -> List[Finding]:
@@ -155,5 +164,5 @@ def check_text(matrix: Matrix, resolution: Resolution, text: str, origin: str, h
     if bad:
         e = bad[0]
         raise LockRefused(f"{resolution.project.name}: the lockfile of {resolution.stack.id} would fail doctor on this host "
-                          f"({host_words(host)}): {e.id}: {e.title}: {e.seen}. Fix: {e.fix}", findings)
+                          f"({host_words(host)}): {e.id}: {e.title}: {e.seen}. Fix: {e.fix}. {_elsewhere(e)}", findings)
     return findings
