@@ -70,7 +70,7 @@ def _check_shape(text, project, stack, matrix):
     assert len(paths) == len(froms), "the stack's venv goes on PATH once per stage"
     runs = _runs(cmds)
     lock_i = next(i for i, c in enumerate(runs) if "--require-hashes" in c.value[0])
-    tool_i = next(i for i, c in enumerate(runs) if "pip install moe-env" in c.value[0])
+    tool_i = next(i for i, c in enumerate(runs) if "/opt/moe-env/venv/bin/python -m pip install" in c.value[0])
     gate = runs[-1].value[0]
     assert lock_i < tool_i < len(runs) - 1, "layer order: lockfile, then moe-env, then the gate"
     assert gate.startswith(f"moe-env doctor {project}") and gate.endswith("--build --strict")
@@ -193,7 +193,7 @@ def test_compiled_stack_is_multi_stage_with_arch_list_from_flag():
     lock_line = next(c.start_line for c in runs if "--require-hashes" in c.value[0])
     assert lock_line < build_run.start_line < froms[1].start_line
     assert "ninja-build" in text and "build-essential" in text
-    assert "{ command -v nvcc; } >/dev/null 2>&1 || { echo 'moe-env: flash-attn: precondition 1 failed" in body
+    assert "{ command -v nvcc; } >/dev/null || { echo 'moe-env: flash-attn: precondition 1 failed" in body
     assert "export PYTHON=/opt/venv/bin/python" in body  # the steps' commands use "$PYTHON"
     # without --gpu-arch, the steps' own choice stands
     text = render_dockerfile(plan_dockerfile(matrix, resolution, [step], DockerOptions()))
@@ -245,7 +245,7 @@ def test_unwritable_output_folder_is_one_line(toy):
 def test_output_onto_a_folder_is_one_line_and_writes_nothing(toy):
     d = toy.root / "ctx2"
     (d / "Dockerfile").mkdir(parents=True)
-    r = _cli(["dockerfile", "toy", "--stack", "toy-good", "-o", str(d / "Dockerfile"), "--force"])
+    r = _cli(["dockerfile", "toy", "--stack", "toy-good", "-o", str(d), "--force"])  # -o DIR: DIR/Dockerfile, a folder here
     assert r.returncode == 2 and "is a folder" in r.stderr and r.stderr.count("\n") == 1
     assert sorted(p.name for p in d.iterdir()) == ["Dockerfile"]  # checked before anything is written
 
@@ -346,3 +346,41 @@ def test_output_folder_is_created(tmp_path):
                           capture_output=True, text=True, timeout=60, env={**os.environ, "MOE_ENV_NVCC_VERSION": "none"})
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and (out.parent / "requirements.mgm-8x7b-cu117.txt").is_file()
+
+
+def test_output_dir_gets_a_wheel_of_this_moe_env_that_installs_without_an_index(tmp_path):
+    """`dockerfile -o DIR`: the Dockerfile COPYs a wheel of the running moe-env from the context; that wheel is
+    real (pip installs it with no index) and carries the shipped matrix and lockfiles."""
+    import subprocess
+    import sys
+    import venv
+
+    ctx = tmp_path / "ctx"
+    env = {**os.environ, "MOE_ENV_NVCC_VERSION": "none"}
+    proc = subprocess.run([sys.executable, "-m", "moe_env", "dockerfile", "mgm", "-o", f"{ctx}/"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = ctx.glob("moe_env-*-py3-none-any.whl")
+    text = (ctx / "Dockerfile").read_text()
+    assert f"COPY {wheel.name} /opt/moe-env/{wheel.name}" in text
+    assert f"/opt/moe-env/venv/bin/python -m pip install /opt/moe-env/{wheel.name}" in text
+    assert "moe-env==" not in text  # no index serves it
+    first = wheel.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "moe_env", "dockerfile", "mgm", "-o", str(ctx)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0 and wheel.read_bytes() == first  # the same moe-env gives the same bytes
+    target = tmp_path / "venv"
+    venv.create(target, with_pip=True)
+    py = target / "bin" / "python"
+    proc = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-index", "--no-deps", str(wheel)],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    data = target / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages" / "moe_env" / "_data"
+    assert (data / "compat_matrix" / "projects" / "minigemini.toml").is_file()
+    assert (data / "lockfiles" / "minigemini" / "mgm-8x7b-cu117" / "requirements.txt").is_file()
+    assert (target / "bin" / "moe-env").is_file()
+
+
+def test_published_moe_env_spec_is_installed_as_named():
+    r = _cli(["dockerfile", "mgm", "--moe-env", "moe-env==0.1.0"])
+    assert r.returncode == 0 and "pip install moe-env==0.1.0" in r.stdout and ".whl" not in r.stdout

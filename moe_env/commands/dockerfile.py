@@ -59,8 +59,11 @@ def register(sub) -> None:
                    help="build-context path of the lockfile to install (default: requirements.<stack>.txt, "
                         "written beside the Dockerfile with -o)")
     p.add_argument("--moe-env", dest="moe_env_spec", metavar="SPEC", default="",
-                   help="what pip installs for moe-env in the image (default: moe-env==this version)")
-    p.add_argument("-o", "--output", metavar="FILE", help="write the Dockerfile here (atomically) instead of stdout")
+                   help="a published moe-env for the image (moe-env==0.1.0) or a .whl in the build context "
+                        "(default: a wheel of this moe-env, which -o writes into the context)")
+    p.add_argument("-o", "--output", metavar="FILE|DIR",
+                   help="write the Dockerfile (DIR/Dockerfile for a folder), the stack's lockfile and a wheel of this "
+                        "moe-env beside it, atomically, instead of printing the Dockerfile")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     p.set_defaults(func=run)
 
@@ -94,6 +97,8 @@ def run(args) -> int:
     plan = plan_dockerfile(matrix, resolution, steps, options)
     text = render_dockerfile(plan)
 
+    from moe_env.selfwheel import build as build_wheel, wheel_name
+
     shipped = _shipped_lockfile(resolution)
     if not args.output:
         sys.stdout.write(text)
@@ -101,10 +106,17 @@ def run(args) -> int:
             hint = f"moe-env lock {plan.project}" + (f" --model {plan.variant}" if plan.variant else "")
             print(f"moe-env: the build context needs {plan.lockfile}: {hint} --cuda {plan.cuda} "
                   f"--python {plan.python} -o {plan.lockfile}", file=sys.stderr)
+        if not args.moe_env_spec:
+            print(f"moe-env: the build context needs {wheel_name()} (a wheel of this moe-env): "
+                  "`moe-env dockerfile ... -o DIR` writes it with the Dockerfile", file=sys.stderr)
         return 0
 
     out = Path(args.output)
+    if args.output.endswith("/") or out.is_dir() and not (out / "Dockerfile").is_dir() and out.name != "Dockerfile":
+        out = out / "Dockerfile"  # -o DIR: the build context
     writes = [(out, text.encode("utf-8"))]
+    if not args.moe_env_spec:
+        writes.append((out.parent / wheel_name(), build_wheel(out.parent / wheel_name())))
     if not args.lockfile:
         if shipped is None:
             raise UsageError(
