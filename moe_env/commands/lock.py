@@ -132,10 +132,10 @@ def explain_text(resolution, steps, shipped, why_fresh=None, findings=()) -> str
 
 
 def lock_host(args):
-    """The host the lock is judged for: probed, with the MOE_ENV_* overrides; --build defers driver and GPUs."""
-    from moe_env.probe.host import gather_host
+    """The host the lock is judged for, as doctor --from-lock sees it (moe_env.lock.as_env.target_host)."""
+    from moe_env.lock.as_env import target_host
 
-    return gather_host(bool(getattr(args, "build", False)))
+    return target_host(bool(getattr(args, "build", False)))
 
 
 def fresh_reason(resolution, args, shipped):

@@ -279,13 +279,37 @@ def doctor_from_lock(path: str, matrix: Matrix, host: HostInfo, python: Optional
     return env, locked.project, list(locked.variants)
 
 
+def target_host(build_mode: bool = False) -> HostInfo:
+    """The host a lockfile is judged for (lock and doctor --from-lock alike): this machine as probed, with
+    the MOE_ENV_* overrides. A machine with neither a driver nor a GPU (a login node, CI, a build box) is
+    not where the lock trains, so its own CUDA toolkit is not judged unless MOE_ENV_NVCC_VERSION states one."""
+    import os
+
+    from moe_env.probe import host as probe
+
+    steps = [getattr(probe, n, None) for n in ("_driver", "_gpus", "_nvcc")]
+    if None in steps:  # the probe changed shape: take all of it, then drop what is not judged
+        host = probe.gather_host(build_mode)
+    else:
+        host = HostInfo(build_mode=build_mode)
+        steps[0](host, os.environ, "/")
+        steps[1](host, os.environ, "/")
+    stated = bool((os.environ.get("MOE_ENV_NVCC_VERSION") or "").strip())
+    if host.driver_version or host.gpus or stated:
+        if None not in steps:
+            steps[2](host, os.environ, "/")
+    elif host.nvcc_version or None not in steps:
+        host.notes.append("the CUDA toolkit of this GPU-less machine is not judged for a lockfile; "
+                          "state the target's with MOE_ENV_NVCC_VERSION")
+        host.nvcc_version = host.nvcc_path = host.cuda_home = None
+    return host
+
+
 def doctor_from_lock_args(args, matrix: Matrix, project):
     """doctor's one call for --from-lock: (Environment, Project or None, variant ids) on the probed/stated host."""
-    from moe_env.probe.host import gather_host
-
     if args.python or args.from_json:
         raise UsageError("--from-lock judges a lockfile; it cannot be combined with --python or --from-json")
-    host = gather_host(bool(args.build))
+    host = target_host(bool(args.build))
     env, name, variants = doctor_from_lock(args.from_lock, matrix, host)
     if project is None and name:
         project = matrix.project(name)
