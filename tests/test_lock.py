@@ -152,6 +152,23 @@ def test_pylock_format(setup, capsys, index):
     assert out.startswith("# moe-env lockfile: toymoe")
 
 
+def test_pylock_installs_with_uv_from_the_local_index(setup, capsys, index, venv):
+    """A real client reads the pylock.toml: `uv pip install -r pylock.toml` installs exactly its pins."""
+    out = setup / "pylock.toml"
+    code, _, err = run_cli(capsys, "lock", "toy", "--format", "pylock", "-o", str(out), *idx_args(index))
+    assert code == 0, err
+    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    proc = subprocess.run([uv, "pip", "install", "--python", str(venv.python), "-r", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (venv.site / "torch-2.1.2.dist-info" / "METADATA").is_file()
+    assert (venv.site / "helperlib-1.1.dist-info").is_dir() and (venv.site / "fakelib-1.0.dist-info").is_dir()
+    # doctor reads the same file as an Environment
+    code, outj, _ = run_cli(capsys, "doctor", "toy", "--from-lock", str(out), "--json")
+    doc = json.loads(outj)
+    assert doc["environment"]["torch"]["version"] == "2.1.2" and doc["environment"]["torch"]["cuda"] == "12.1"
+
+
 def test_deepspeed_is_locked_and_megatron_commit_is_not(setup, capsys, index, tmp_path):
     # the "new" stack pins torch 2.8.0 (default build 12.8) and deepspeed; megatron-core comes from a commit
     code, out, err = run_cli(capsys, "lock", "toy", "--model", "new", "--refresh", *idx_args(index))
