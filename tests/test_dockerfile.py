@@ -258,7 +258,7 @@ def test_output_onto_a_folder_is_one_line_and_writes_nothing(toy):
     (["dockerfile", "toy", "--stack", "toy-good", "--cuda", "11.8", "-o", "Dockerfile"], "moe-env lock toymoe"),
     (["dockerfile", "toy", "--stack", "toy-good", "--gpu-arch", "sm_80"], "compute capability"),
     (["dockerfile", "toy", "--stack", "toy-good", "--wheelhouse", "../outside"], "inside the build context"),
-    (["dockerfile", "toy", "--stack", "toy-good", "-o", "/proc/no/dir/Dockerfile"], "cannot write"),
+    (["dockerfile", "toy", "--stack", "toy-good", "-o", "/proc/no/dir/Dockerfile"], "cannot create the folder /proc/no/dir"),
 ])
 def test_bad_input_is_one_line_exit_2(toy, args, needle):
     r = _cli(args, cwd=toy.root)

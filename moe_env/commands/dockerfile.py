@@ -125,10 +125,11 @@ def run(args) -> int:
                 f"--python {plan.python} -o {out.parent / plan.lockfile}` and pass --lockfile {plan.lockfile}"
             )
         writes.append((out.parent / plan.lockfile, Path(shipped).read_bytes()))
-    for path, data in writes:  # check every target before writing any
+    from moe_env.output import write_all
+
+    for path, data in writes:  # a folder where a file goes: say so before anything is written
         _check_target(path, data, args.force)
-    for path, data in writes:
-        _write_atomic(path, data)
+    write_all(writes, force=args.force)  # the Dockerfile, its lockfile and the wheel: all of them or none
     print(f"moe-env: wrote {', '.join(str(p) for p, _ in writes)}", file=sys.stderr)
     return 0
 
@@ -169,7 +170,9 @@ def validate_args(args) -> None:
 
 def _one_line(text: str) -> str:
     """A value shown in a Dockerfile comment: control characters escaped, so it cannot start a new line."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    from moe_env.untrusted import printable
+
+    return printable(text)
 
 
 def _shown_argv(argv):
@@ -237,39 +240,8 @@ def _shipped_lockfile(resolution):
 
 
 def _check_target(path, data: bytes, force: bool) -> None:
+    """A folder where the Dockerfile goes: say so before anything is written (write_all judges the rest)."""
     from moe_env.errors import UsageError
 
     if path.is_dir():
         raise UsageError(f"{path} is a folder; give a file name (e.g. {path / 'Dockerfile'})")
-    if path.exists() and not force:
-        if path.is_file() and path.read_bytes() == data:
-            return
-        raise UsageError(f"{path} exists; pass --force to replace it")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise UsageError(f"{path.parent}: not a folder")
-
-
-def _write_atomic(path, data: bytes) -> None:
-    import os
-    import tempfile
-
-    from moe_env.errors import UsageError
-
-    if path.exists() and path.is_file() and path.read_bytes() == data:
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)  # -o newdir/Dockerfile: the folder is made
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None

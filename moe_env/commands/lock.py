@@ -270,11 +270,7 @@ def _say_findings(findings, args, host) -> None:
     """doctor's warnings (and, for --cuda auto, what it could not see) about this lock on this host, on stderr."""
     import sys
 
-    try:
-        from moe_env.untrusted import printable
-    except ImportError:  # until the shared reader lands: escape control characters the same way
-        def printable(text):
-            return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    from moe_env.untrusted import printable
 
     for f in findings:
         if f.severity == "warning" or (args.cuda == "auto" and f.id in ("host.no-driver",)):

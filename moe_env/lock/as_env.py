@@ -134,23 +134,12 @@ def _read_pylock(text: str, origin: str, python: Optional[str]) -> Dict[str, str
 
 
 def _toml(text: str, origin: str) -> dict:
-    try:  # the shared bounded reader, once it is there
-        from moe_env.untrusted import UntrustedInput, toml_loads
-    except ImportError:
-        toml_loads = None
-    if toml_loads is not None:
-        try:
-            return toml_loads(text, what=origin)
-        except UntrustedInput as exc:
-            raise UsageError(f"{origin}: {exc}") from None
+    from moe_env.untrusted import UntrustedInput, toml_loads
+
     try:
-        import tomllib
-    except ImportError:  # Python < 3.11
-        import tomli as tomllib
-    try:
-        return tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, RecursionError) as exc:
-        raise UsageError(f"{origin}: not valid TOML ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        return toml_loads(text, what=origin)
+    except UntrustedInput as exc:
+        raise UsageError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- the Environment
@@ -251,25 +240,13 @@ def judge(matrix: Matrix, env: Environment, project: Optional[str], variants: Op
 
 
 def read_lockfile(path: str) -> str:
-    """The lockfile's text (regular files only, size-capped), or a one-line UsageError."""
-    import os
-    import stat
+    """The lockfile's text through the shared bounded reader (regular files only, 16 MiB), or a one-line UsageError."""
+    from moe_env.untrusted import UntrustedInput, read_text
 
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: lockfile not found") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read lockfile ({exc.strerror or exc})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise UsageError(f"{path}: not a regular file")
-    if st.st_size > 16 * 1024 * 1024:
-        raise UsageError(f"{path}: {st.st_size} bytes is too large for a lockfile")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read lockfile ({exc})") from None
+        return read_text(path, max_bytes=16 * 1024 * 1024, what=f"lockfile {path}")
+    except UntrustedInput as exc:
+        raise UsageError(str(exc)) from None
 
 
 def doctor_from_lock(path: str, matrix: Matrix, host: HostInfo, python: Optional[str] = None):
