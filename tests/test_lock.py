@@ -177,7 +177,8 @@ def test_deepspeed_is_locked_and_megatron_commit_is_not(setup, capsys, index, tm
     assert pins["deepspeed"] == "==0.13.2" and pins["torch"] == "==2.8.0"
     assert "megatron-core" not in pins and "flash-attn" not in pins
     assert "deepspeed==0.13.2, megatron-core@0123456789abcdef0123456789abcdef01234567, flash-attn==2.8.3" in out
-    assert "after installing, build from source: deepspeed 0.13.2" in err
+    assert "after installing, run the build steps (moe-env build-steps toymoe --model new --cuda 12.8 --python " in err
+    assert "deepspeed 0.13.2" in err and "flash-attn 2.8.3 (flash-attn 2.8.3 publishes flash_attn-2.8.3+cu12torch2.8" in err
 
 
 def test_network_failure_is_exit_3_and_says_what_works_offline(setup, capsys, index, monkeypatch):

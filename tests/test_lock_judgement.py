@@ -194,3 +194,24 @@ def test_property_lock_succeeds_implies_doctor_from_lock_has_no_errors(pv, host,
     env_ = environment_from_locked(MATRIX, locked, host)
     findings = judge(MATRIX, env_, locked.project or project, locked.variants or None)
     assert not errors(findings), [(f.id, f.seen) for f in errors(findings)]
+
+
+def test_a_gpu_less_machines_toolkit_is_not_judged_unless_stated(tmp_path):
+    """lock and doctor --from-lock share one host rule: a CUDA 13 nvcc on a machine without driver or GPU
+    (CI, a login node) says nothing about the training nodes; stated, or beside a GPU, it is judged."""
+    if os.path.exists("/sys/module/nvidia/version") or os.path.exists("/proc/driver/nvidia/version"):
+        pytest.skip("this machine has an NVIDIA driver")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    nvcc = bindir / "nvcc"
+    nvcc.write_text("#!/bin/sh\necho 'Cuda compilation tools, release 13.0, V13.0.88'\n")
+    nvcc.chmod(0o755)
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}", "MOE_ENV_GPUS": "none"}
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MOE_ENV_")}
+    run = lambda extra: subprocess.run([sys.executable, "-m", "moe_env", "lock", "mgm", "--offline"],  # noqa: E731
+                                       capture_output=True, text=True, timeout=60, env={**base, **env, **extra})
+    assert run({}).returncode == 0
+    stated = run({"MOE_ENV_NVCC_VERSION": "13.0"})
+    assert stated.returncode == 1 and "build.nvcc-cuda-major-mismatch" in stated.stderr
+    with_gpu = run({"MOE_ENV_GPUS": "H100:9.0x8", "MOE_ENV_CUDA_DRIVER_VERSION": "550.54.15"})
+    assert with_gpu.returncode == 1 and "nvcc 13.0" in with_gpu.stderr

@@ -115,7 +115,7 @@ def explain_text(resolution, steps, shipped, why_fresh=None, findings=()) -> str
         + (f" from the PyTorch index ({t.torch_index})" if t.torch_index else ""),
         f"lockfile {'shipped: ' + str(shipped) if shipped else 'fresh resolution needed (network): ' + (why_fresh or '')}",
     ]
-    lines += [f"gpus     {x}" for x in gpu_coverage(r)]
+    lines += [f"gpus     {x.replace('GPUs: ', '', 1)}" for x in gpu_coverage(r)]
     lines.append("why:")
     lines += [f"  - {x}" for x in r.reasons]
     lines.append("pins:")
@@ -259,9 +259,11 @@ def run(args) -> int:
         sys.stdout.write(result.text)
     _say_findings(findings, args, host)
     if steps:
-        names = ", ".join(f"{s.package} {s.version}".strip() for s in steps)
-        print(f"moe-env: after installing, build from source: {names} "
-              f"(moe-env build-steps {' '.join(_target_flags(args))})", file=sys.stderr)
+        names = "; ".join(f"{s.package} {s.version}".strip() + (f" ({s.summary})" if s.summary else "") for s in steps)
+        t = resolution.target
+        cmd = (f"moe-env build-steps {resolution.project.name}" + (f" --model {resolution.variant.id}" if resolution.variant else "")
+               + f" --cuda {t.cuda} --python {t.python}")
+        print(f"moe-env: after installing, run the build steps ({cmd}): {names}", file=sys.stderr)
     assert not errors(findings)
     return 0
 
@@ -275,13 +277,3 @@ def _say_findings(findings, args, host) -> None:
     for f in findings:
         if f.severity == "warning" or (args.cuda == "auto" and f.id in ("host.no-driver",)):
             print(printable(f"moe-env: doctor on this host: {f.severity} {f.id}: {f.title} ({f.seen})"), file=sys.stderr)
-
-
-def _target_flags(args):
-    out = [args.project]
-    for flag, value in (("--model", args.model), ("--cuda", args.cuda), ("--python", args.python)):
-        if value:
-            out += [flag, value]
-    for a in args.gpu_arch or []:
-        out += ["--gpu-arch", a]
-    return out
