@@ -16,6 +16,7 @@ import shlex
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from moe_env.errors import UsageError
 from moe_env.resolver import Resolution, parse_archs
 
 # How each upstream documents its source build (the recipes below follow these pages).
@@ -142,7 +143,25 @@ def _plan(resolution: Resolution) -> List[Tuple[str, str, str]]:
             continue
         original, version = pins.get(n, (n, ""))
         plan.append((original, version, sb.get(n, "")))
+    for package, version, ref in plan:  # these go into shell commands and Dockerfile RUN lines unquoted
+        _safe(package, _NAME, "package name", resolution)
+        _safe(version, _VERSION, "version", resolution)
+        _safe(ref, _REF, "git ref", resolution)
     return plan
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?$")
+_VERSION = re.compile(r"^$|^[A-Za-z0-9][A-Za-z0-9.+!_-]*$")
+_REF = re.compile(r"^$|^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+
+
+def _safe(value: str, pattern, what: str, resolution: Resolution) -> None:
+    """A matrix value (perhaps from a user's override) that would reach a script: its grammar, or a UsageError."""
+    if not pattern.match(value or ""):
+        from moe_env.untrusted import printable
+
+        raise UsageError(f"{resolution.project.file}: stack {resolution.stack.id}: {what} {printable(value)!r} cannot go into "
+                         "a build script (letters, digits and . _ + ! - only)")
 
 
 # ---------------------------------------------------------------- the steps

@@ -313,3 +313,29 @@ def test_script_installs_with_uv_pip_into_a_venv_without_pip(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "all steps built and verified" in proc.stderr
     assert shutil.which("pip", path=str(venv / "bin")) is None
+
+
+@pytest.mark.parametrize("command", [["build-steps", "toy"], ["dockerfile", "toy"]])
+def test_a_hostile_matrix_version_never_reaches_a_script(tmp_path, command):
+    """issue 16: a version from a matrix override that carries shell ends in exit 2, not in a RUN line."""
+    root = write_matrix(tmp_path / "matrix")
+    proj = root / "projects" / "toymoe.toml"
+    proj.write_text(proj.read_text().replace('flash-attn = "2.5.8"', 'flash-attn = "2.5.8;touch${IFS}/tmp/pwned"'))
+    proc = subprocess.run([sys.executable, "-m", "moe_env", *command], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MOE_ENV_MATRIX": str(root), "MOE_ENV_NVCC_VERSION": "none"})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("moe-env: error: ") and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stdout == "" and not os.path.exists("/tmp/pwned")
+
+
+def test_a_hostile_source_build_ref_never_reaches_a_script(tmp_path):
+    """The same guard at the script's side, for values the matrix loader does not shape (a git ref)."""
+    from moe_env.build_steps import _safe, _REF
+    from moe_env.errors import UsageError
+    from moe_env.resolver import resolve
+
+    r = resolve(load_matrix(write_matrix(tmp_path / "matrix")), "toy")
+    for bad in ("main;touch /tmp/pwned", "v1\nRUN x", "$(id)", "${HOME}"):
+        with pytest.raises(UsageError, match="cannot go into a build script"):
+            _safe(bad, _REF, "git ref", r)
+    _safe("0123456789abcdef", _REF, "git ref", r)
