@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 # is the CUDA major alone (cu12).
 RULES: Tuple[Tuple[str, str, str], ...] = (
     ("2.3.0", "exact+2.1->12.2", "Dao-AILab/flash-attention@601b4dc48dbe9d87c468daa2b4c0c8388b83753c:setup.py:234-237"),
-    ("2.3.2", "exact+2.1cu12->12.2", "Dao-AILab/flash-attention@7f31e7c16a58227e04e0a7aed9ca0066ec8126fe:setup.py:234-238"),
+    ("2.3.1.post1", "exact+2.1cu12->12.2", "Dao-AILab/flash-attention@5e525a8dc8a473f418c8aaf82f5322eb225d9ee5:setup.py:234-238"),
     ("2.3.6", "11->11.8,12->12.2", "Dao-AILab/flash-attention@92dd5703ecdb99aa4a4aee9817f28557907403a2:setup.py:231-235"),
     ("2.6.1", "11->11.8,12->12.3", "Dao-AILab/flash-attention@7551202cb2dd245432bc878447e19015c0af3c22:setup.py:274"),
     ("2.7.0", "major", "Dao-AILab/flash-attention@c555642172e281cae6da8a6cff4dfd9ff678ae85:setup.py:441-443"),

@@ -69,3 +69,21 @@ def test_doctor_lock_header_build_steps_and_dockerfile_agree(project, stack_id):
     env.extensions.pop("flash-attn", None)
     reasons = _must_compile(Context(env=env, matrix=MATRIX, project=r.project))
     assert any("flash-attn" in x for x in reasons) is (not answer.exists)
+
+
+@pytest.mark.parametrize("release, torch, cuda, fetched", [
+    ("2.3.0", "2.1.0", "11.8", "12.2"),  # torch 2.1 fetches cu122 whatever its CUDA (setup.py at v2.3.0)
+    ("2.3.0", "2.0.1", "11.7", "11.7"),  # else exactly torch's CUDA
+    ("2.3.1.post1", "2.1.2", "11.8", "11.8"),  # from here only torch 2.1 with CUDA 12 is moved to cu122
+    ("2.3.5", "2.1.2", "12.1", "12.2"),
+    ("2.3.5", "2.2.2", "12.1", "12.1"),  # the exact match the old code wanted before 2.3.6
+    ("2.3.6", "2.0.1", "11.7", "11.8"),  # one build per CUDA major
+    ("2.5.8", "2.1.2", "12.1", "12.2"),
+    ("2.6.3", "2.4.1", "12.4", "12.3"),
+    ("2.8.3", "2.8.0", "12.8", "12"),  # the tag is the major alone
+])
+def test_flash_attn_setup_py_rule_per_release(release, torch, cuda, fetched):
+    from moe_env.wheels import fetched_cuda
+
+    got, source = fetched_cuda(release, torch, cuda)
+    assert got == fetched and source.startswith("Dao-AILab/flash-attention@") and ":setup.py:" in source
