@@ -46,6 +46,18 @@ def test_shipped_lockfile_is_pinned_hashed_and_agrees_with_its_stack(project, st
         assert name not in pins, f"{path}: {name} is a source build and must not be locked"
 
 
+@pytest.mark.parametrize("project, stack", SHIPPED, ids=ids(SHIPPED))
+def test_shipped_header_is_what_the_code_renders_now(project, stack):
+    """A matrix edit (a why, a GPU table row, a wheel rule) without `python -m moe_env.lock.regen` shows here."""
+    from moe_env.lock.engine import header
+
+    r = resolve_stack(MATRIX, project, stack.id)
+    new = header(r, lock_input(r), "uv", f"python -m moe_env.lock.regen --project {project} --stack {stack.id}", "d")
+    keep = lambda text: [ln for ln in text.splitlines() if ln.startswith("#") and not ln.startswith("# resolved:")]  # noqa: E731
+    want = keep(new)
+    assert keep(shipped_lockfile(project, stack).read_text())[:len(want)] == want
+
+
 def hashes(text):
     """{name: (version, {sha256...})} of a requirements-style lockfile."""
     out = {}
