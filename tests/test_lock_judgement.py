@@ -174,7 +174,7 @@ HOSTS = st.builds(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pv=st.sampled_from([(p, s) for p, s in STACKS]), host=HOSTS,
-       cuda=st.sampled_from([None, "auto"]))
+       cuda=st.sampled_from([None, "auto", "11.8", "12.1", "12.8", "13.0", "cpu"]))
 def test_property_lock_succeeds_implies_doctor_from_lock_has_no_errors(pv, host, cuda):
     project, stack = pv
     variant = stack.variants[0] if stack.variants else None

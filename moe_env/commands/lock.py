@@ -1,7 +1,8 @@
 """`moe-env lock PROJECT`: a hash-pinned lockfile of the known-good stack for the target.
 
-Offline by default (the shipped lockfile of the stack); `--refresh`, another CUDA or Python, or
-`--format pylock` resolve afresh through uv (default) or pip-tools.
+The shipped lockfile of the stack when one covers the target (offline); else, or with `--refresh` or
+`--format pylock`, a fresh resolution through uv (default) or pip-tools, announced on stderr. Either way
+doctor's checks judge it for the host first (moe_env.lock.gate), and `--offline` never resolves.
 """
 
 from __future__ import annotations
@@ -10,20 +11,26 @@ import argparse
 
 EPILOG = """\
 examples:
-  moe-env lock minigemini                      the shipped lockfile of MGM's default stack (offline, instant)
+  moe-env lock minigemini                      MGM-8x7B's shipped lockfile (offline), judged by doctor for this host
   moe-env lock minigemini --model 8x7b -o requirements.lock
-  moe-env lock moe-llava --cuda 11.8           retarget torch to its cu118 build (fresh resolution)
-  moe-env lock xtuner --cuda auto              pick the CUDA build this host's driver and GPUs can run
+  moe-env lock moe-llava --cuda 11.8           torch's cu118 build from the PyTorch index (fresh resolution, network)
+  moe-env lock xtuner --cuda auto              the stack and CUDA build this host's driver, GPUs and nvcc pass
+  moe-env lock megatron --cuda 13.0 --offline  exit 3 at once: names the lockfiles that ship and the command to resolve
+  MOE_ENV_GPUS=V100x8 moe-env lock mgm         judge for other GPUs (refused: MGM-8x7B trains in bf16)
   moe-env lock mgm --refresh --backend pip-tools
   moe-env lock mgm --refresh --format pylock -o pylock.toml
-  moe-env lock mgm --explain                   which stack, and why; locks nothing
-  moe-env lock mgm --json                      the resolution, lockfile text and build steps as JSON
+  moe-env lock mgm --explain                   which stack and why, which GPUs it serves, doctor's findings
+  moe-env lock mgm --json                      the resolution, findings, lockfile text and build steps as JSON
 
-Install a lockfile with `pip install --require-hashes -r FILE` (its header names the PyTorch index when
-torch is a +cuXXX build), then run the build steps it names (`moe-env build-steps PROJECT ...`).
---cuda auto reads the driver and GPUs (overrides: MOE_ENV_CUDA_DRIVER_VERSION, MOE_ENV_GPUS=8.0x8).
+Without a shipped lockfile for the target (or with --refresh / --format pylock) lock says so on stderr
+and resolves online; an unreachable index fails in seconds (exit 3). Before it writes, lock judges the
+lockfile as doctor --from-lock would on this host (probed, or stated with MOE_ENV_GPUS,
+MOE_ENV_CUDA_DRIVER_VERSION, MOE_ENV_NVCC_VERSION=X.Y|none; --build defers driver and GPUs): a stack
+doctor fails is passed over; when none passes it exits 1 with doctor's finding and writes nothing.
+Install with `pip install --require-hashes -r FILE` (its header names the PyTorch index when torch is a
++cuXXX build), then run `moe-env build-steps PROJECT ...` for the packages the header names.
 Configuration: MOE_ENV_TORCH_INDEX (PyTorch index root), MOE_ENV_INDEX_URL (main index; default: the
-backend's own). Exit codes: 0 ok, 1 no versions satisfy the stack, 2 bad usage, 3 network failure.
+backend's own). Exit codes: 0 ok, 1 refused or no versions satisfy the stack, 2 bad usage, 3 network.
 """
 
 
@@ -41,7 +48,7 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
 def register(sub) -> None:
     p = sub.add_parser(
         "lock",
-        help="hash-pinned lockfile of a known-good stack (offline by default)",
+        help="hash-pinned lockfile of a known-good stack (shipped ones offline), judged by doctor for the host",
         description="Emit a hash-pinned, requirements-style lockfile of the known-good stack for a project, "
                     "model variant and target (CUDA build, Python).",
         epilog=EPILOG,

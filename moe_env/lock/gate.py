@@ -125,9 +125,10 @@ def choose(matrix: Matrix, project: str, host: HostInfo, *, variant: Optional[st
 
 
 def host_words(host: HostInfo) -> str:
-    gpus = sorted({g.compute_capability or "?" for g in host.gpus})
+    gpus = sorted({("sm_" + g.compute_capability.replace(".", "")) if g.compute_capability else (g.name or "?")
+                   for g in host.gpus})
     parts = [f"driver {host.driver_version}" if host.driver_version else "no driver",
-             ("GPUs sm_" + ", sm_".join(g.replace(".", "") for g in gpus)) if gpus else "no GPU",
+             ("GPUs " + ", ".join(gpus)) if gpus else "no GPU",
              f"nvcc {host.nvcc_version}" if host.nvcc_version else "no nvcc"]
     if host.build_mode:
         parts.append("--build")
