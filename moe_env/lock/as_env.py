@@ -207,7 +207,12 @@ def api_surface(matrix: Matrix, versions: Dict[str, str]) -> Dict[str, ApiSymbol
 
 def environment_from_locked(matrix: Matrix, locked: LockedSet, host: HostInfo, python: Optional[str] = None) -> Environment:
     """The Environment a lockfile (and the source builds its header names) would be once installed on `host`."""
-    py = python or locked.python or "3.10"
+    import sys
+
+    py = python or locked.python
+    if not py:  # a lockfile without moe-env's header: judged for the Python running moe-env, and said so
+        py = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        host.notes.append(f"{locked.origin} does not name its Python; judged for Python {py}")
     versions = dict(locked.pins)
     for name, v in locked.source_builds.items():
         versions.setdefault(name, v)
