@@ -18,7 +18,7 @@ examples:
   moe-env doctor --json > $(hostname).json         a report for `moe-env diff` or --from-json
   moe-env doctor --from-json node07.json mgm       judge a saved report again, no probing
   moe-env doctor --lockfile requirements.lock      what differs from a lockfile
-  MOE_ENV_GPUS=V100x8 moe-env doctor mgm --from-lock requirements.txt   a lockfile, judged as if installed there
+  MOE_ENV_GPUS=V100x8 moe-env doctor mgm --from-lock requirements.lock  a lockfile, as if installed on those GPUs
 
 environment: MOE_ENV_GPUS (8.0x8, H100:9.0, none), MOE_ENV_CUDA_DRIVER_VERSION and MOE_ENV_NVCC_VERSION
 replace the probed host facts; NO_COLOR turns colour off; MOE_ENV_NO_CACHE=1 re-reads the matrix.
