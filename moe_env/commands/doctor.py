@@ -21,6 +21,7 @@ examples:
   moe-env doctor --code ~/src/MGM --python /opt/venv/bin/python
                                                    your checkout's imports, calls and super() calls against
                                                    the installed libraries (read with ast, never run)
+  MOE_ENV_GPUS=V100x8 moe-env doctor mgm --from-lock requirements.lock  a lockfile, as if installed on those GPUs
 
 environment: MOE_ENV_GPUS (8.0x8, H100:9.0, none), MOE_ENV_CUDA_DRIVER_VERSION and MOE_ENV_NVCC_VERSION
 replace the probed host facts; NO_COLOR turns colour off; MOE_ENV_NO_CACHE=1 re-reads the matrix.
@@ -50,6 +51,8 @@ def register(sub) -> None:
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     p.add_argument("--json", action="store_true", help="print one JSON document (schema moe-env.doctor/1)")
     p.add_argument("--from-json", metavar="FILE", help="judge a saved `doctor --json` report instead of probing ('-' = stdin)")
+    p.add_argument("--from-lock", metavar="FILE",
+                   help="judge a lockfile (requirements or pylock.toml) as if installed on this host, or the one stated by MOE_ENV_*")
     p.add_argument("--lockfile", metavar="FILE", help="also report what differs from this requirements-style lockfile")
     p.add_argument("--code", metavar="PATH",
                    help="also judge this checkout (or .py file) against the installed libraries, statically")
@@ -83,7 +86,11 @@ def run(args) -> int:
         code = prepare(args.code)
         project = project or code.project(matrix)
 
-    if args.from_json:
+    if args.from_lock:
+        from moe_env.lock.as_env import doctor_from_lock_args
+
+        env, project, variants = doctor_from_lock_args(args, matrix, project)
+    elif args.from_json:
         saved = read_report(args.from_json)
         env = saved.environment
         if args.build:
@@ -165,7 +172,7 @@ def _read_lockfile(path):
 
 def _header(report, project, from_json) -> str:
     py = report.environment.python
-    where = f"report {from_json}" if from_json else py.executable
+    where = f"report {from_json}" if from_json else py.executable  # a lockfile's "executable" names the lockfile
     head = f"moe-env doctor: {where} (Python {py.version})"
     if project is not None:
         how = "detected" if report.detected else "project"
