@@ -114,6 +114,7 @@ class PackageRelease:
     sdist_only: bool = False
     build_imports_torch: bool = False  # its sdist imports torch while building (needs --no-build-isolation)
     released: str = ""  # date, "2024-01-19"
+    configs: List[str] = field(default_factory=list)  # xtuner: the named training configs the release ships
     notes: str = ""
 
 
@@ -267,6 +268,23 @@ class KnownIssue:
 
 
 @dataclass
+class EntryPoint:
+    """`[[entry_point]]` (compat_matrix/entry_points/*.toml): the flags a training entry point's own
+    parser accepts, generated from upstream by moe_env/matrix/entry_flags.py."""
+
+    id: str
+    scripts: List[str]  # launch words that select it: path suffixes ("mgm/train/train_mem.py") or "xtuner train"
+    parser: str  # "hf" (HfArgumentParser) | "argparse"
+    allow_abbrev: bool  # argparse accepts unique prefixes of a flag
+    flags: List[str]  # every option string, exactly as the parser spells it
+    source: List[str]
+    default: bool = False  # judged when the launch names no script (only its arguments)
+    conditional_flags: List[str] = field(default_factory=list)  # accepted in some set-ups only (see `conditional`)
+    conditional: str = ""
+    notes: str = ""
+
+
+@dataclass
 class Project:
     info: ProjectInfo
     pins: List[Pin] = field(default_factory=list)
@@ -275,6 +293,7 @@ class Project:
     stacks: List[Stack] = field(default_factory=list)
     rules: List[Rule] = field(default_factory=list)
     known_issues: List[KnownIssue] = field(default_factory=list)
+    entry_points: List[EntryPoint] = field(default_factory=list)
     file: str = ""
 
     @property

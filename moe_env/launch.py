@@ -1,0 +1,186 @@
+"""A launch line split the way the processes see it, and its flags judged against the entry point's parser.
+
+`deepspeed --num_gpus 8 mgm/train/train_mem.py --bf16 True` is three things: the launcher and its own
+options (never the script's), the script, and the script's arguments, which the script's own parser
+(HfArgumentParser, Megatron's argparse, `xtuner train`'s argparse) reads. Only the last part is
+judged against the entry point's flag list (compat_matrix/entry_points/*.toml), with argparse's
+rules: exact option strings, and unique prefixes where the parser allows abbreviations.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from moe_env.findings import Finding
+from moe_env.matrix.model import EntryPoint, Project
+
+LAUNCHERS = ("deepspeed", "torchrun", "accelerate")
+_ENV_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_PYTHON = re.compile(r"^python(\d+(\.\d+)?)?$")
+
+
+@dataclass
+class Launch:
+    program: List[str] = field(default_factory=list)  # ["deepspeed"], ["python", "-m", "torch.distributed.run"], []
+    launcher_args: List[str] = field(default_factory=list)  # the launcher's own options
+    script: Optional[str] = None  # "mgm/train/train_mem.py", "xtuner train"; None: only the script's arguments
+    args: List[str] = field(default_factory=list)  # what the script's parser reads
+    env: Dict[str, str] = field(default_factory=dict)  # VAR=value words before the program
+
+    def positional(self) -> List[str]:
+        """The words before the script's arguments, as the launcher rule reads them (`python train.py`)."""
+        return self.program + ([self.script] if self.script else [])
+
+
+def split_launch(argv: Sequence[str]) -> Launch:
+    words = list(argv)
+    out = Launch()
+    while words and _ENV_WORD.match(words[0]):
+        k, _, v = words.pop(0).partition("=")
+        out.env[k] = v
+    if not words:
+        return out
+    first = os.path.basename(words[0])
+    if first.startswith("-"):  # only the script's arguments
+        out.args = words
+        return out
+    if first == "xtuner":
+        out.program = words[:1]
+        if len(words) > 1 and words[1] in ("train", "dist_train"):
+            out.script, out.args = "xtuner train", words[2:]
+        else:
+            out.script, out.args = " ".join(words[:2]), words[2:]
+        return out
+    if first.endswith(".py"):
+        out.script, out.args = words[0], words[1:]
+        return out
+    if first in LAUNCHERS or _PYTHON.match(first):
+        i = 1
+        out.program = words[:1]
+        if first == "accelerate" and len(words) > 1 and words[1] == "launch":
+            out.program, i = words[:2], 2
+        if _PYTHON.match(first):  # python [-u ...] [-m torch.distributed.run] script.py
+            while i < len(words) and words[i].startswith("-") and words[i] != "-m":
+                i += 1
+            out.program = words[:i]
+            if i + 1 < len(words) and words[i] == "-m":
+                mod = words[i + 1]
+                out.program = words[:i + 2]
+                i += 2
+                if not mod.startswith(("torch.distributed", "deepspeed")):
+                    out.script, out.args = mod, words[i:]
+                    return out
+        rest = words[i:]
+        j = next((k for k, w in enumerate(rest) if w.endswith(".py") and not w.startswith("-")), None)
+        if j is None:
+            out.launcher_args = rest
+            return out
+        if j == 0 and _PYTHON.match(first) and len(out.program) == i and "-m" not in out.program:
+            out.program = words[:i]
+        out.launcher_args, out.script, out.args = rest[:j], rest[j], rest[j + 1:]
+        return out
+    out.program, out.args = words[:1], words[1:]  # `bash run.sh ...`, a wrapper: its arguments as given
+    return out
+
+
+def entry_point_for(project: Project, launch: Launch) -> Tuple[Optional[EntryPoint], str]:
+    """The entry point the launch runs, and why none when None."""
+    eps = project.entry_points
+    if not eps:
+        return None, f"the matrix lists no entry point for {project.name}"
+    if launch.script is None:
+        default = next((e for e in eps if e.default), None)
+        return default, "" if default else "the launch names no script"
+    script = launch.script.replace("\\", "/")
+    for e in eps:
+        for s in e.scripts:
+            if script == s or script.endswith("/" + s) or os.path.basename(script) == os.path.basename(s) and " " not in s:
+                return e, ""
+    known = ", ".join(s for e in eps for s in e.scripts)
+    return None, f"{launch.script} is not an entry point the matrix knows for {project.name} ({known})"
+
+
+_NEG_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+([eE][-+]?\d+)?$")
+
+
+def judge_flags(project: Project, ep: EntryPoint, args: Sequence[str]) -> List[Finding]:
+    """One error per flag the entry point's parser refuses (unknown or ambiguous), one info for abbreviations."""
+    known = set(ep.flags) | set(ep.conditional_flags)
+    unknown: List[Tuple[str, str]] = []
+    ambiguous: List[Tuple[str, List[str]]] = []
+    abbreviated: List[Tuple[str, str]] = []
+    seen = set()
+    for word in args:
+        if word == "--":
+            break  # argparse: everything after is positional
+        if not (word.startswith("--") and len(word) > 2) and not re.match(r"^-[A-Za-z]", word):
+            continue
+        name = word.split("=", 1)[0]
+        if name in known or name in seen:
+            continue
+        seen.add(name)
+        if len(name) == 2 and name[0] == "-" and any(k[:2] == name for k in known if not k.startswith("--")):
+            continue
+        if ep.allow_abbrev and name.startswith("--"):
+            hits = sorted(k for k in known if k.startswith(name))
+            if len(hits) == 1:
+                abbreviated.append((name, hits[0]))
+                continue
+            if len(hits) > 1:
+                ambiguous.append((name, hits))
+                continue
+        unknown.append((name, closest(name, known)))
+    findings = []
+    who = _parser_words(ep)
+    for name, near in unknown:
+        hint = f"did you mean {near}?" if near else "no flag of that entry point is close"
+        findings.append(Finding(
+            id=f"{project.name}.unknown-flag", severity="error",
+            title=f"{name} is not a flag of {ep.id}: {hint}",
+            seen=f"{name} in the arguments of {ep.id}",
+            why=f"{who}; the list holds the {len(ep.flags)} flags of the pinned commit.",
+            fix=f"replace {name} with {near}" if near else f"drop {name} (see the entry point's --help)",
+            sources=list(ep.source)))
+    for name, hits in ambiguous:
+        findings.append(Finding(
+            id=f"{project.name}.ambiguous-flag", severity="error",
+            title=f"{name} is ambiguous for {ep.id}: it could be {', '.join(hits[:4])}{' ...' if len(hits) > 4 else ''}",
+            seen=f"{name} in the arguments of {ep.id}",
+            why="argparse accepts a unique prefix of a flag and stops with 'ambiguous option: ... could match ...' "
+                "when several flags start with it.",
+            fix=f"spell the flag out: {hits[0]}", sources=list(ep.source)))
+    if abbreviated:
+        pairs = ", ".join(f"{a} -> {b}" for a, b in abbreviated)
+        findings.append(Finding(
+            id=f"{project.name}.abbreviated-flag", severity="info",
+            title=f"Abbreviated flags, accepted by {ep.id}'s parser: {pairs}",
+            seen=pairs,
+            why="argparse (allow_abbrev is not turned off here) takes a unique prefix for the whole flag; a flag "
+                "added later with the same prefix would make the line ambiguous.",
+            fix="spell the flags out: " + " ".join(b for _, b in abbreviated), sources=list(ep.source)))
+    return findings
+
+
+def _parser_words(ep: EntryPoint) -> str:
+    if ep.parser == "hf":
+        return ("HfArgumentParser.parse_args_into_dataclasses() raises 'Some specified arguments are not used by "
+                "the HfArgumentParser' for an argument no dataclass field defines")
+    abbrev = "" if ep.allow_abbrev else " (allow_abbrev=False: no prefixes either)"
+    return f"argparse stops the launch with 'unrecognized arguments' for a flag it does not define{abbrev}"
+
+
+def closest(name: str, known: "set[str] | Sequence[str]") -> Optional[str]:
+    """The known flag nearest to `name`; `-`/`_` differences and case count as no difference."""
+    def norm(s: str) -> str:
+        return s.lstrip("-").replace("-", "_").lower()
+
+    longs = [k for k in known if k.startswith("--")]
+    by_norm = {norm(k): k for k in longs}
+    if norm(name) in by_norm:
+        return by_norm[norm(name)]
+    got = difflib.get_close_matches(norm(name), list(by_norm), n=1, cutoff=0.6)
+    return by_norm[got[0]] if got else None
