@@ -348,16 +348,16 @@ def test_matrix_cache_is_keyed_by_content(tmp_path, monkeypatch):
     root = write_matrix(tmp_path / "m")
     monkeypatch.setenv("MOE_ENV_CACHE_DIR", str(tmp_path / "cache"))
     first = load_matrix_cached(root)
-    assert len(list((tmp_path / "cache").glob("matrix-*.pickle"))) == 1
+    assert len(list((tmp_path / "cache").glob("matrix-*.json"))) == 1
     again = load_matrix_cached(root)
     assert again.project("toyproj").checks == first.project("toyproj").checks
     # an edit of the same size still invalidates (content, not mtime, is the key)
     path = root / "projects" / "toyproj.toml"
     path.write_text(path.read_text().replace('title = "Toy MoE project"', 'title = "Toy MoE pro-ect"'))
     assert load_matrix_cached(root).project("toyproj").info.title == "Toy MoE pro-ect"
-    assert len(list((tmp_path / "cache").glob("matrix-*.pickle"))) == 1  # the stale one is pruned
+    assert len(list((tmp_path / "cache").glob("matrix-*.json"))) == 1  # the stale one is pruned
     # a corrupt cache file is rebuilt, never an error
-    for f in (tmp_path / "cache").glob("matrix-*.pickle"):
+    for f in (tmp_path / "cache").glob("matrix-*.json"):
         f.write_bytes(b"garbage")
     assert load_matrix_cached(root).project("toyproj") is not None
     # a bad matrix is still a one-line MatrixError through the cache
