@@ -134,25 +134,30 @@ def judge_flags(project: Project, ep: EntryPoint, args: Sequence[str]) -> List[F
                 ambiguous.append((name, hits))
                 continue
         unknown.append((name, closest(name, known)))
+    from moe_env.untrusted import printable
+
+    unknown = [(printable(n), k) for n, k in unknown]
+    ambiguous = [(printable(n), h) for n, h in ambiguous]
+    abbreviated = [(printable(n), k) for n, k in abbreviated]
     findings = []
     who = _parser_words(ep)
     for name, near in unknown:
         hint = f"did you mean {near}?" if near else "no flag of that entry point is close"
         findings.append(Finding(
-            id=f"{project.name}.unknown-flag", severity="error",
+            id=f"{project.name}.unknown-flag:{name}", severity="error",
             title=f"{name} is not a flag of {ep.id}: {hint}",
             seen=f"{name} in the arguments of {ep.id}",
             why=f"{who}; the list holds the {len(ep.flags)} flags of the pinned commit.",
             fix=f"replace {name} with {near}" if near else f"drop {name} (see the entry point's --help)",
-            sources=list(ep.source)))
+            sources=list(ep.source[:2])))
     for name, hits in ambiguous:
         findings.append(Finding(
-            id=f"{project.name}.ambiguous-flag", severity="error",
+            id=f"{project.name}.ambiguous-flag:{name}", severity="error",
             title=f"{name} is ambiguous for {ep.id}: it could be {', '.join(hits[:4])}{' ...' if len(hits) > 4 else ''}",
             seen=f"{name} in the arguments of {ep.id}",
             why="argparse accepts a unique prefix of a flag and stops with 'ambiguous option: ... could match ...' "
                 "when several flags start with it.",
-            fix=f"spell the flag out: {hits[0]}", sources=list(ep.source)))
+            fix=f"spell the flag out: {hits[0]}", sources=list(ep.source[:2])))
     if abbreviated:
         pairs = ", ".join(f"{a} -> {b}" for a, b in abbreviated)
         findings.append(Finding(
@@ -161,7 +166,7 @@ def judge_flags(project: Project, ep: EntryPoint, args: Sequence[str]) -> List[F
             seen=pairs,
             why="argparse (allow_abbrev is not turned off here) takes a unique prefix for the whole flag; a flag "
                 "added later with the same prefix would make the line ambiguous.",
-            fix="spell the flags out: " + " ".join(b for _, b in abbreviated), sources=list(ep.source)))
+            fix="spell the flags out: " + " ".join(b for _, b in abbreviated), sources=list(ep.source[:2])))
     return findings
 
 

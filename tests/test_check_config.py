@@ -12,9 +12,11 @@ import sys
 
 import pytest
 
-from ckpt_support import write_megatron_legacy, write_torch_dist
+from ckpt_support import write_hf_folder, write_megatron_legacy, write_torch_dist
 from moe_env.checks import resolve_variants
 from moe_env.config_rules import KINDS, LaunchConfig, parse_launch, run_rules
+from moe_env.launch import entry_point_for, judge_flags, split_launch
+from moe_env.launch_ckpt import read_checkpoints
 from moe_env.matrix.loader import load_matrix
 
 
@@ -34,10 +36,13 @@ def rule_id(name, kind, **params):
 
 def judge(name, launch, ds=None, installed=None, gpus=(), world=None, env=None, variants=None):
     p = project(name)
-    flags, positional = parse_launch(launch.split() if isinstance(launch, str) else launch)
-    cfg = LaunchConfig(project=p, variants=resolve_variants(p, variants or []), flags=flags, positional=positional,
+    line = split_launch(launch.split() if isinstance(launch, str) else launch)
+    flags, positional = parse_launch(line.args)
+    cfg = LaunchConfig(project=p, variants=resolve_variants(p, variants or []), flags=flags,
+                       positional=line.positional() + positional, launcher_flags=parse_launch(line.launcher_args)[0],
                        deepspeed=ds, deepspeed_path="ds.json" if ds is not None else None, installed=installed,
                        gpu_capabilities=list(gpus), world_size=world, env=env or {})
+    cfg.checkpoints = read_checkpoints(cfg, None)
     findings, unknown = run_rules(cfg)
     assert not unknown, f"rule kinds without a function: {unknown}"
     return {f.id for f in findings}
@@ -359,13 +364,21 @@ def test_cli_xtuner_named_deepspeed_config_found_in_installed_package(tmp_path, 
 # ------------------------------------------------------------------ the command
 
 
-def cli(*args, env=None):
+def cli(*args, env=None, cwd=None):
     import os
 
     e = dict(os.environ)
     e.pop("MOE_ENV_GPUS", None)
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "moe_env", *args], capture_output=True, text=True, timeout=120, env=e)
+    return subprocess.run([sys.executable, "-m", "moe_env", *args], capture_output=True, text=True, timeout=120, env=e,
+                          cwd=cwd)
+
+
+def dense_model(folder):
+    """A small dense Hugging Face folder (config.json + one safetensors shard) for --model_name_or_path."""
+    write_hf_folder(folder, {"model_type": "phi", "num_hidden_layers": 2},
+                    [{"model.layers.0.mlp.fc1.weight": ("F16", (8, 4)), "model.layers.1.mlp.fc1.weight": ("F16", (8, 4))}])
+    return folder
 
 
 def test_cli_zero3_moe_llava_exits_1_with_json(tmp_path):
@@ -385,8 +398,9 @@ def test_cli_good_launch_exits_0(tmp_path):
     project("moe-llava")
     ds = tmp_path / "zero2.json"
     ds.write_text(json.dumps(ZERO2))
+    dense_model(tmp_path / "checkpoints" / "llavaphi-2.7b-finetune")
     p = cli("check-config", "moe-llava", "--deepspeed-config", str(ds), "--", *MOE.split(), "--bf16", "True",
-            env={"MOE_ENV_GPUS": "A100:8.0x8"})
+            env={"MOE_ENV_GPUS": "A100:8.0x8"}, cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "OK" in p.stdout
 
@@ -399,8 +413,9 @@ def test_cli_bf16_on_v100_via_gpu_override():
 
 def test_cli_launch_deepspeed_file_elsewhere_is_a_warning_not_an_error(tmp_path):
     project("minigemini")
+    dense_model(tmp_path / "model_zoo" / "LLM" / "mixtral" / "x")
     p = cli("check-config", "mgm", "--model", "8x7b", "--json", "--", "--model_name_or_path", "model_zoo/LLM/mixtral/x",
-            "--deepspeed", str(tmp_path / "scripts" / "zero3.json"))
+            "--deepspeed", str(tmp_path / "scripts" / "zero3.json"), cwd=tmp_path)
     doc = json.loads(p.stdout)
     assert p.returncode == 0 and doc["deepspeed_config"] is None
     assert "check-config.deepspeed-not-found" in {f["id"] for f in doc["findings"]}
