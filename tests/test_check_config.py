@@ -430,3 +430,106 @@ def test_cli_bad_inputs_are_usage_errors(tmp_path):
         p = cli(*args)
         assert p.returncode == 2, (args, p.stdout, p.stderr)
         assert p.stderr.startswith("moe-env: error:") and "Traceback" not in p.stderr
+
+
+# ------------------------------------------------------------------ flags of each project's entry point (issue 15)
+
+
+def flags_of(name):
+    p = project(name)
+    assert p.entry_points, f"{name}: the matrix lists no entry point"
+    return p, next(e for e in p.entry_points if e.default)
+
+
+@pytest.mark.parametrize("name,line,typo,want", [
+    ("moe-llava", "deepspeed --num_gpus 8 moellava/train/train_mem.py --moe_enabel True --bf16 True", "--moe_enabel", "--moe_enable"),
+    ("minigemini", "deepspeed --num_gpus 8 mgm/train/train_mem.py --model_name_or_pth x --bf16 True", "--model_name_or_pth", "--model_name_or_path"),
+    ("megatron", "torchrun --nproc_per_node 8 pretrain_gpt.py --num-layers 32 --moe-grouped-gem --bf16", "--moe-grouped-gem", "--moe-grouped-gemm"),
+    ("megatron", "pretrain_gpt.py --num_experts 8", "--num_experts", "--num-experts"),
+    ("xtuner", "xtuner train mixtral_8x7b_instruct_full_oasst1_e3 --deepspeed deepspeed_zero3 --sed 1", "--sed", "--seed"),
+])
+def test_misspelt_flags_are_errors_with_the_closest_flag(name, line, typo, want):
+    p, ep = flags_of(name)
+    assert want in ep.flags and typo not in ep.flags  # the lists come from the matrix
+    launch = split_launch(line.split())
+    got, why = entry_point_for(p, launch)
+    assert got is ep, why
+    findings = judge_flags(p, ep, launch.args)
+    errors = [f for f in findings if f.severity == "error"]
+    assert len(errors) == 1 and f"did you mean {want}?" in errors[0].title and errors[0].sources
+    # every other flag of the line is one the parser defines: no finding for them
+    assert judge_flags(p, ep, [w.replace(typo, want) for w in launch.args]) == []
+
+
+def test_launcher_options_are_not_script_flags():
+    p, ep = flags_of("moe-llava")
+    launch = split_launch("deepspeed --num_gpus 8 --master_port 29501 --hostfile hf moellava/train/train_mem.py --bf16 True".split())
+    assert launch.launcher_args == ["--num_gpus", "8", "--master_port", "29501", "--hostfile", "hf"]
+    assert judge_flags(p, ep, launch.args) == []
+    t = split_launch("torchrun --nnodes 2 --nproc-per-node 8 pretrain_gpt.py --bf16".split())
+    assert t.script == "pretrain_gpt.py" and t.args == ["--bf16"]
+
+
+def test_abbreviations_follow_each_parser():
+    p, ep = flags_of("moe-llava")  # HfArgumentParser keeps argparse's allow_abbrev=True
+    assert not ep.allow_abbrev is False
+    got = judge_flags(p, ep, ["--train_module", "fc1"])
+    assert [f.severity for f in got] == ["info"] and "--train_modules" in got[0].title
+    mp, mep = flags_of("megatron")  # ArgumentParser(allow_abbrev=False)
+    assert mep.allow_abbrev is False
+    assert [f.severity for f in judge_flags(mp, mep, ["--num-exp", "8"])] == ["error"]
+    amb = judge_flags(p, ep, ["--moe", "x"])
+    assert amb and amb[0].severity == "error" and "ambiguous" in amb[0].title
+
+
+def test_cli_typo_and_missing_load_exit_1(tmp_path):
+    p = cli("check-config", "megatron", "--json", "--", "pretrain_gpt.py", "--num-layers", "2", "--moe-grouped-gem",
+            "--pretrained-checkpoint", str(tmp_path / "nope"), "--load", str(tmp_path / "also-nope"))
+    assert p.returncode == 1, p.stderr
+    ids = {f["id"] for f in json.loads(p.stdout)["findings"]}
+    assert "megatron.unknown-flag:--moe-grouped-gem" in ids and "megatron.pretrained-checkpoint-missing" in ids
+
+
+def test_missing_local_model_path_is_an_error_and_a_hub_id_is_not(tmp_path):
+    rid = rule_id("moe-llava", "checkpoint_arg", judge="missing")
+    assert rid in judge("moe-llava", f"--model_name_or_path {tmp_path}/checkpoints/none")
+    assert rid not in judge("moe-llava", "--model_name_or_path microsoft/phi-2")
+    assert rid not in judge("moe-llava", f"--model_name_or_path {dense_model(tmp_path / 'm')}")
+
+
+def test_load_missing_warns_unless_it_is_also_the_save_folder(tmp_path):
+    rid = rule_id("megatron", "checkpoint_arg", judge="missing", flags=["--load"])
+    assert rid in judge("megatron", f"pretrain_gpt.py --load {tmp_path}/ck")
+    assert rid not in judge("megatron", f"pretrain_gpt.py --load {tmp_path}/ck --save {tmp_path}/ck")
+
+
+def test_legacy_checkpoint_against_launch_sizes(tmp_path):
+    rid = rule_id("megatron", "checkpoint_arg", judge="matches", formats=["megatron-legacy"])
+    root = write_megatron_legacy(tmp_path / "ckpt", "sequential", experts=4, layers=2)
+    ok = f"pretrain_gpt.py --num-experts 4 --num-layers 2 --bf16 --load {root}"
+    assert rid not in judge("megatron", ok)
+    assert rid in judge("megatron", ok.replace("--num-experts 4", "--num-experts 8"))
+    assert rid in judge("megatron", ok.replace("--num-layers 2", "--num-layers 4"))
+    assert rid in judge("megatron", ok + " --tensor-model-parallel-size 2")
+
+
+def test_ep_3_is_one_finding():
+    got = judge("megatron", "pretrain_gpt.py --num-experts 8 --expert-model-parallel-size 3", world=16)
+    assert sum(1 for i in got if i.endswith("experts-divisible-by-ep")) == 1
+
+
+def test_cli_unicode_digits_and_zero_ep_are_not_internal_errors():
+    for env, extra in (({"WORLD_SIZE": "²"}, []), ({}, ["--expert-model-parallel-size", "0"]),
+                       ({}, ["--expert-model-parallel-size", "３"])):
+        p = cli("check-config", "megatron", "--", "pretrain_gpt.py", "--num-experts", "8", *extra, env=env)
+        assert p.returncode in (0, 1), p.stdout + p.stderr
+        assert "Traceback" not in p.stderr
+
+
+def test_xtuner_named_config_from_the_release_table():
+    p = cli("check-config", "xtuner", "--json", "--", "xtuner", "train", "mixtral_8x7b_instruct_full_oasst1_e3")
+    ids = {f["id"] for f in json.loads(p.stdout)["findings"]}
+    assert "xtuner.config-name" in ids
+    p = cli("check-config", "xtuner", "--json", "--", "xtuner", "train", "mixtral_8x7b_instruct_ful_oasst1_e3")
+    bad = [f for f in json.loads(p.stdout)["findings"] if f["id"] == "xtuner.config-name-unknown"]
+    assert bad and "mixtral_8x7b_instruct_full_oasst1_e3" in bad[0]["fix"]
