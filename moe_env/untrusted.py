@@ -84,10 +84,12 @@ def json_loads(data: Union[str, bytes], *, what: str = "JSON", max_bytes: int = 
     depth = _nesting(raw)
     if depth > max_depth:
         raise UntrustedInput(f"{what}: nested {depth} deep, more than the {max_depth} this reader accepts")
-    if b"\\u" in raw and (_HIGH.search(raw) or _LOW.search(raw)):
-        raise UntrustedInput(f"{what}: a lone surrogate escape (\\uD800-\\uDFFF) in a string")
+    suspect = b"\\u" in raw and (_HIGH.search(raw) or _LOW.search(raw))
     try:
-        return json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+        value = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+        if suspect and _has_surrogate(value):  # the regex also fires on an escaped backslash before "ud800"
+            raise UntrustedInput("a lone surrogate escape (\\uD800-\\uDFFF) in a string")
+        return value
     except UntrustedInput as exc:
         raise UntrustedInput(f"{what}: {exc}") from None
     except json.JSONDecodeError as exc:
@@ -96,6 +98,21 @@ def json_loads(data: Union[str, bytes], *, what: str = "JSON", max_bytes: int = 
         raise UntrustedInput(f"{what}: {kind} (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     except (RecursionError, MemoryError, ValueError) as exc:
         raise UntrustedInput(f"{what}: cannot be read ({type(exc).__name__})") from None
+
+
+def _has_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if any(0xD800 <= ord(c) <= 0xDFFF for c in item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def read_json(path: Union[str, Path], *, what: Optional[str] = None, max_bytes: int = JSON_MAX_BYTES,
