@@ -241,7 +241,9 @@ def _node_reports(documents: List[Any], host: Optional[str], where: str, default
         else:
             node = _hostname(env) or f"{default_node or where}#{index + 1}"
         facts = node_facts(env, printable(where))
-        digest = f"{zlib.crc32(json.dumps(env, sort_keys=True).encode('utf-8', 'surrogatepass')):08x}"
+        # the same report twice: same hostname and same facts (cheap: no re-serialising of the document)
+        flat = "\0".join(f"{k}\1{v[0]}" for k, v in sorted(facts.items()))
+        digest = f"{zlib.crc32(((_hostname(env) or '') + chr(0) + flat).encode('utf-8', 'surrogatepass')):08x}"
         reports.append(NodeReport(node=node, origin=where, facts=facts, hostname=_hostname(env), digest=digest))
     return reports
 
@@ -342,10 +344,15 @@ def node_facts(env: Dict[str, Any], where: str = "report") -> Dict[str, Tuple[st
     # the hot loop for 1,000 reports of ~250 packages: no closure, no regex for already-normal names
     for name, dist in _section(env, "distributions", where).items():
         key = name if (name.islower() and "_" not in name and "." not in name) else normalize_name(name)
-        if dist is not None and not isinstance(dist, dict):
-            raise UsageError(f"{where}: malformed report (environment.distributions[{printable(name)!r}] is "
-                             f"{type(dist).__name__}, expected an object)")
-        version = _text((dist or {}).get("version")) or "-"
+        if type(dist) is not dict:
+            if dist is not None:
+                raise UsageError(f"{where}: malformed report (environment.distributions[{printable(name)!r}] is "
+                                 f"{type(dist).__name__}, expected an object)")
+            dist = {}
+        version = dist.get("version")
+        if type(version) is not str:
+            version = _text(version)
+        version = version or "-"
         matters = key in MATTERING_PACKAGES or (key.startswith("nvidia-nccl-") and bool(_NCCL_PACKAGE.match(key)))
         facts["package " + key] = (version, matters, version)
 
