@@ -3,8 +3,9 @@
 moe-env never reaches the nodes itself: Slurm's srun, pdsh or the deepspeed launcher run
 `moe-env doctor --json` everywhere and this module reads what comes back, from files, folders or
 a stream where pdsh prefixed every line with `host: `. A single node with another deepspeed or NCCL
-hangs a whole job without a useful error, so drift in what must match for training together
-(`matters`) fails the command; the rest is shown for information.
+hangs a whole job without a useful error, so drift in what must match for training together fails
+the command; what only should match is a warning; the rest is shown for information. Which is which,
+and why, is the matrix's [[fleet_fact]] table (compat_matrix/fleet.toml).
 """
 
 from __future__ import annotations
@@ -28,50 +29,28 @@ MATTERING_PACKAGES = {"torch", "deepspeed", "transformers", "accelerate"}
 _NCCL_PACKAGE = re.compile(r"^nvidia-nccl-cu\d+$")
 
 
-@dataclass(frozen=True)
-class FactRule:
-    """How much a difference in one fact matters across the nodes of one job, and who says so."""
+def fact_rules() -> List[Any]:
+    """The matrix's [[fleet_fact]] table (compat_matrix/fleet.toml): what must or should agree, and why."""
+    from moe_env.matrix.cache import load_matrix_cached
 
-    severity: str  # "error": must agree (exit 1); "warning": should agree (exit 0)
-    why: str
-    source: Tuple[str, ...]
+    return list(load_matrix_cached().fleet_facts)
 
 
-_SAME_CODE = ("NVIDIA/nccl#296 (maintainer: a mismatched collective comes from ranks issuing different "
-              "collective calls or sizes)",)
-FACT_RULES: Dict[str, FactRule] = {
-    "torch.build": FactRule("error", "torch.distributed expects every process of a job to run the same PyTorch "
-                            "build; mixed builds fail or hang in the first collectives.",
-                            ("open-mmlab/mmdetection#1089 (pytorch-nightly on one node, 1.1.0 on the other: fails; "
-                             "the same version everywhere: runs)", "pytorch/pytorch#175023")),
-    "torch.cuda": FactRule("error", "A torch built for another CUDA major is another build with another NCCL.",
-                           ("open-mmlab/mmdetection#1089",)),
-    "package nccl": FactRule("error", "NCCL ranks of different versions disagree on the wire protocol "
-                             "(errors such as 'receiving N bytes instead of M') or hang.",
-                             ("NVIDIA/nccl#1328 (maintainer: a version or configuration mismatch between two ranks)",)),
-    "package deepspeed": FactRule("error", "Another deepspeed partitions, gathers and reduces in another order "
-                                  "or with other sizes on its ranks: the job hangs or diverges.", _SAME_CODE),
-    "package transformers": FactRule("error", "Another transformers builds another model (or MoE routing) on "
-                                     "its ranks: collectives no longer line up.", _SAME_CODE),
-    "package accelerate": FactRule("error", "Another accelerate prepares models and optimizers differently "
-                                   "on its ranks.", _SAME_CODE),
-    "python": FactRule("error", "Another Python minor installs other builds (cpXY wheels) of every compiled "
-                       "package, so the nodes do not run the same code.",
-                       ("https://peps.python.org/pep-0425/ the cpXY Python tag of compiled wheels",)),
-    "gpu.architecture": FactRule("error", "Configs that say \"auto\" pick bf16 only where the GPU supports "
-                                 "it (and kernels differ per architecture): ranks then train in different dtypes.",
-                                 ("InternLM/xtuner@v0.1.23:xtuner/configs/deepspeed/deepspeed_zero3.json bf16 enabled auto",)),
-    "driver": FactRule("warning", "Driver branches differ. Each driver at or above the minimum of torch's CUDA "
-                       "runs it (minor-version compatibility); one below it cannot start CUDA at all.",
-                       ("https://docs.nvidia.com/deploy/cuda-compatibility/minor-version-compatibility.html",
-                        "https://docs.nvidia.com/cuda/cuda-toolkit-release-notes/index.html Table 3")),
-}
+def fact_rule(fact: str, rules: Sequence[Any]) -> Optional[Any]:
+    import fnmatch
+
+    for r in rules:
+        if r.fact == fact or ("*" in r.fact and fnmatch.fnmatchcase(fact, r.fact)):
+            return r
+    return None
 
 
-def fact_rule(fact: str) -> Optional[FactRule]:
-    if fact.startswith("package ") and _NCCL_PACKAGE.match(fact[8:]):
-        return FACT_RULES["package nccl"]
-    return FACT_RULES.get(fact)
+def _agree_part(value: str, how: str) -> str:
+    if how == "exact" or value in ("-", "absent"):
+        return value
+    parts = value.split("+", 1)[0].split(".")
+    return ".".join(parts[:1 if how == "major" else 2])
+
 
 # `host: text` as pdsh prints it (dshbak-style names), or `0: text` as `srun --label` does.
 _PREFIX = re.compile(r"^([A-Za-z0-9_.\-\[\]]+): ?(.*)$")
@@ -393,6 +372,7 @@ def diff_reports(reports: Sequence[NodeReport], ignore: Iterable[str] = ()) -> F
     per_node = [r.facts for r in reports]
     names = sorted({name for facts in per_node for name in facts})
     has_torch_build = any("torch.build" in f and f["torch.build"][0] != "-" for f in per_node)
+    rules = fact_rules()
     drifts: List[Drift] = []
     for name in names:
         if name in ignored_facts or name.split(".")[0] in ignored_facts:
@@ -401,24 +381,20 @@ def diff_reports(reports: Sequence[NodeReport], ignore: Iterable[str] = ()) -> F
             continue  # the same problem as torch.build: one finding
         absent = ("absent", name.startswith("package ") and _package_matters(name), "absent")
         values: Dict[str, List[str]] = {}
-        agree_parts = set()
         for node, facts in zip(nodes, per_node):
-            shown, _fact_matters, agree = facts.get(name, absent)
+            shown = facts.get(name, absent)[0]
             members = values.get(shown)
             if members is None:
                 values[shown] = [node]
             else:
                 members.append(node)
-            agree_parts.add(agree)
         if len(values) < 2:
             continue
         groups = sorted(values.items(), key=lambda item: (-len(item[1]), item[0]))
-        rule = fact_rule(name)
+        rule = fact_rule(name, rules)
         severity, why, sources = "note", "", []
-        if rule is not None:
+        if rule is not None and len({_agree_part(v, rule.agree) for v in values}) > 1:
             severity, why, sources = rule.severity, rule.why, list(rule.source)
-            if len(agree_parts) < 2:  # e.g. Python 3.10.12 vs 3.10.14: the minor agrees
-                severity, why, sources = "note", "", []
         drifts.append(Drift(fact=name, matters=severity == "error", groups=groups, severity=severity, why=why,
                             sources=sources))
     for d in drifts:

@@ -275,3 +275,14 @@ def test_escapes_in_hostnames_and_versions_are_printed_escaped(fleet, tmp_path):
     proc = _diff(fleet / "n1.json", bad)
     assert proc.returncode == 1
     assert "\x1b" not in proc.stdout and "\\x1b" in proc.stdout
+
+
+def test_what_must_agree_is_the_matrix_table_with_sources():
+    from moe_env.matrix.loader import load_matrix
+
+    table = {f.fact: f for f in load_matrix().fleet_facts}
+    must = {"torch.build", "torch.cuda", "package nvidia-nccl-cu*", "package deepspeed", "package transformers",
+            "package accelerate", "python", "gpu.architecture"}
+    assert {k for k, f in table.items() if f.severity == "error"} == must
+    assert table["driver"].severity == "warning"
+    assert all(f.source for f in table.values())

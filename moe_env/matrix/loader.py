@@ -54,6 +54,7 @@ _FLAT: Dict[str, Tuple[type, str]] = {
     "conflict": (m.Conflict, "conflicts"),
     "wheels": (m.FlashAttnWheels, "flash_attn_wheels"),
     "cuda_image": (m.CudaImage, "cuda_images"),
+    "fleet_fact": (m.FleetFact, "fleet_facts"),
 }
 _PACKAGE: Dict[str, type] = {"release": m.PackageRelease, "api": m.ApiEntry}
 _PROJECT: Dict[str, Tuple[type, str]] = {
@@ -258,6 +259,8 @@ def _validate_entry(obj: Any, rel: str, where: str) -> None:
             except InvalidSpecifier:
                 key = f"{name}.{k}" if k else name
                 raise MatrixError(f"{rel}: {where}.{key}: {v!r} is not a valid version specifier") from None
+    if isinstance(obj, m.FleetFact) and obj.agree not in ("exact", "major", "minor"):
+        raise MatrixError(f"{rel}: {where}.agree: {obj.agree!r} is not exact, major or minor")
     if isinstance(obj, m.KnownIssue):
         for i, pat in enumerate(obj.patterns):
             try:

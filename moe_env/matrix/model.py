@@ -100,6 +100,17 @@ class CudaImage:
         return f"{self.version}-{self.cudnn}-{flavor}-{os_name or self.os[0]}"
 
 
+@dataclass
+class FleetFact:
+    """`[[fleet_fact]]` in fleet.toml: how much a difference of one fact across nodes matters (`moe-env diff`)."""
+
+    fact: str  # "torch.build", "package deepspeed", "package nvidia-nccl-cu*"
+    severity: str  # "error" (must agree) | "warning" (should agree)
+    agree: str  # "exact" | "major" | "minor": the part of the value that must be equal
+    why: str
+    source: List[str]
+
+
 # ---------------------------------------------------------------- package facts (packages/*.toml)
 
 
@@ -330,6 +341,7 @@ class Matrix:
     api: Dict[str, List[ApiEntry]] = field(default_factory=dict)  # by normalised package name
     flash_attn_wheels: List[FlashAttnWheels] = field(default_factory=list)
     conflicts: List[Conflict] = field(default_factory=list)
+    fleet_facts: List[FleetFact] = field(default_factory=list)
     projects: Dict[str, Project] = field(default_factory=dict)  # by name
 
     def project(self, name: str) -> Optional[Project]:
