@@ -680,8 +680,9 @@ def read_training_config(path: str) -> Tuple[Dict[str, Any], List[str]]:
     """
     import ast
 
-    with open(path, encoding="utf-8") as fh:
-        tree = ast.parse(fh.read(), filename=path)
+    from moe_env.untrusted import read_text
+
+    tree = ast.parse(read_text(path, max_bytes=4 << 20, what=path), filename=path)
     values: Dict[str, Any] = {}
     names: List[str] = []
     for node in ast.walk(tree):

@@ -65,6 +65,9 @@ def read_checkpoints(cfg: Any, matrix: Any) -> Dict[str, CkptState]:
             out[path] = CkptState(path, "unreadable", message=exc.strerror or "permission denied")
         except (MoeEnvError, ValueError, OSError) as exc:  # UsageError, UntrustedInput: not a checkpoint it reads
             out[path] = CkptState(path, "not-a-checkpoint", message=_one_line(str(exc)))
+        except (ArithmeticError, RecursionError, MemoryError, TypeError, KeyError, AttributeError) as exc:
+            # a hostile checkpoint the reader does not yet refuse cleanly: not judged rather than an internal error
+            out[path] = CkptState(path, "not-a-checkpoint", message=f"the checkpoint reader gave up ({type(exc).__name__})")
     return out
 
 

@@ -533,3 +533,54 @@ def test_xtuner_named_config_from_the_release_table():
     p = cli("check-config", "xtuner", "--json", "--", "xtuner", "train", "mixtral_8x7b_instruct_ful_oasst1_e3")
     bad = [f for f in json.loads(p.stdout)["findings"] if f["id"] == "xtuner.config-name-unknown"]
     assert bad and "mixtral_8x7b_instruct_full_oasst1_e3" in bad[0]["fix"]
+
+
+# ------------------------------------------------------------------ hostile inputs (issue 16): one-line errors or findings
+
+
+def _no_crash(p):
+    assert p.returncode in (0, 1, 2), p.stdout + p.stderr
+    assert "Traceback" not in p.stderr and "internal error" not in p.stderr
+    if p.returncode == 2:
+        assert p.stderr.startswith("moe-env: error:") and p.stderr.count("\n") == 1
+
+
+def test_hostile_checkpoint_args_are_not_internal_errors(tmp_path):
+    from ckpt_support import megatron_args, megatron_state, write_torch_zip
+
+    for i, kw in enumerate(({"expert_model_parallel_size": "0"}, {"num_experts": "eight"},
+                            {"pipeline_model_parallel_size": "\u00b2"}, {"num_layers": 10 ** 50},
+                            {"tensor_model_parallel_size": "\u0663"})):
+        root = tmp_path / f"c{i}"
+        root.mkdir()
+        (root / "latest_checkpointed_iteration.txt").write_text("100\n")
+        obj = {"args": megatron_args(**kw), "iteration": 100, "model": megatron_state("sequential", 2, 4)}
+        write_torch_zip(root / "iter_0000100" / "mp_rank_00" / "model_optim_rng.pt", obj)
+        p = cli("check-config", "megatron", "--", "pretrain_gpt.py", "--num-experts", "4", "--load", str(root))
+        _no_crash(p)
+
+
+def test_hostile_training_config_and_deepspeed_config(tmp_path):
+    deep = tmp_path / "deep.py"
+    deep.write_text("x = " + "(" * 5000 + "1" + ")" * 5000 + "\ny = " + "+".join(["a"] * 200000) + "\n")
+    _no_crash(cli("check-config", "xtuner", "--", "xtuner", "train", str(deep)))
+    ds = tmp_path / "ds.json"
+    ds.write_text("[" * 100000 + "]" * 100000)
+    p = cli("check-config", "moe-llava", "--deepspeed-config", str(ds), "--", "--bf16", "True")
+    assert p.returncode == 2
+    _no_crash(p)
+    ds.write_text('{"zero_optimization": {"stage": 1' + "0" * 5000 + "}}")
+    _no_crash(cli("check-config", "moe-llava", "--deepspeed-config", str(ds), "--", "--bf16", "True"))
+
+
+def test_fifo_and_escapes_in_launch_paths(tmp_path):
+    import os
+
+    fifo = tmp_path / "ckpt-fifo"
+    os.mkfifo(fifo)
+    p = cli("check-config", "megatron", "--", "pretrain_gpt.py", "--load", str(fifo), "--moe-grouped-gemm", "--bf16")
+    _no_crash(p)
+    evil = str(tmp_path / "x\x1b]0;owned\x07") + "/model"
+    p = cli("check-config", "moe-llava", "--", "--model_name_or_path", evil, "--moe_enabel\x1b[2J")
+    _no_crash(p)
+    assert p.returncode == 1 and "\x1b" not in p.stdout and "\\x1b" in p.stdout

@@ -338,8 +338,9 @@ def _training_config(cfg, positional) -> None:
         if word.endswith(".py") and os.path.isfile(word):
             try:
                 cfg.training_config, cfg.config_names = read_training_config(word)
-            except (OSError, SyntaxError, ValueError) as exc:
-                raise UsageError(f"{word}: cannot read the training config ({exc})") from None
+            except (OSError, SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+                raise UsageError(f"{_printable(word)}: cannot read the training config "
+                                 f"({_printable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)})") from None
             cfg.training_config_path = word
             return
 
