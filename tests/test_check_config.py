@@ -584,3 +584,44 @@ def test_fifo_and_escapes_in_launch_paths(tmp_path):
     p = cli("check-config", "moe-llava", "--", "--model_name_or_path", evil, "--moe_enabel\x1b[2J")
     _no_crash(p)
     assert p.returncode == 1 and "\x1b" not in p.stdout and "\\x1b" in p.stdout
+
+
+# ------------------------------------------------------------------ --python: doctor's checks for the variant the launch selects
+
+
+def test_python_runs_doctor_checks_for_the_selected_variant_once(tmp_path):
+    from fakes import deepspeed_files, make_venv
+
+    venv = make_venv(tmp_path / "venv")
+    venv.add_dist("deepspeed", "0.12.6", files=deepspeed_files("0.12.6", z3_leaf=False))
+    venv.add_dist("transformers", "4.36.2", files={"transformers/__init__.py": ""})
+    ds = tmp_path / "zero3.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    dense_model(tmp_path / "model_zoo" / "LLM" / "mixtral" / "Mixtral-8x7B-Instruct-v0.1")
+    line = ["deepspeed", "--num_gpus", "8", "mgm/train/train_mem.py", "--model_name_or_path",
+            "model_zoo/LLM/mixtral/Mixtral-8x7B-Instruct-v0.1", "--deepspeed", str(ds), "--bf16", "True"]
+    sentinel = tmp_path / "imported"
+    p = cli("check-config", "mgm", "--json", "--python", str(venv.python), "--", *line,
+            env={"MOE_ENV_GPUS": "A100:8.0x8", "MOE_ENV_TEST_IMPORTED": str(sentinel)}, cwd=tmp_path)
+    assert p.returncode == 1, p.stdout + p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["variants"] == ["8x7b"]  # from the model path, not --model
+    ids = [f["id"] for f in doc["findings"]]
+    assert ids.count("minigemini.mgm-ds-set-z3-leaf-modules") == 1
+    titles = [f["title"] for f in doc["findings"]]
+    assert len(titles) == len(set(titles))  # one finding per problem
+    assert not sentinel.exists()  # the target's deepspeed was read, never imported
+    # without --python, doctor's package checks do not run against moe-env's own interpreter
+    q = cli("check-config", "mgm", "--json", "--", *line, env={"MOE_ENV_GPUS": "A100:8.0x8"}, cwd=tmp_path)
+    assert "minigemini.mgm-ds-set-z3-leaf-modules" not in {f["id"] for f in json.loads(q.stdout)["findings"]}
+
+
+def test_xtuner_on_v100_gets_the_gpu_finding():
+    p = cli("check-config", "xtuner", "--json", "--", "xtuner", "train", "mixtral_8x7b_instruct_full_oasst1_e3",
+            "--deepspeed", "deepspeed_zero3", env={"MOE_ENV_GPUS": "V100:7.0x8"})
+    doc = json.loads(p.stdout)
+    assert doc["variants"] == ["mixtral-8x7b"]
+    assert "gpu.memory-below-recipe" in {f["id"] for f in doc["findings"]}
+    q = cli("check-config", "xtuner", "--json", "--", "xtuner", "train", "mixtral_8x7b_instruct_full_oasst1_e3",
+            "--deepspeed", "deepspeed_zero3", env={"MOE_ENV_GPUS": "H100:9.0x8"})
+    assert "gpu.memory-below-recipe" not in {f["id"] for f in json.loads(q.stdout)["findings"]}

@@ -166,7 +166,7 @@ def run(args) -> int:
     for st in cfg.checkpoints.values():
         if st.state == "not-a-checkpoint":
             notes.append(Finding(id="check-config.checkpoint-not-read", severity="info",
-                                 title=f"{_printable(st.path)}: not a checkpoint moe-env's readers know; not judged",
+                                 title=f"{_printable(st.path)}: moe-env's checkpoint readers could not read it; not judged",
                                  seen=st.message, why="ckpt reads safetensors, Megatron legacy and torch_dist checkpoints.",
                                  fix=f"moe-env ckpt {_printable(st.path)}"))
     findings, unknown = run_rules(cfg)
