@@ -292,7 +292,10 @@ def megatron_entry(tree: Tree, repo: str, commit: str) -> Entry:
         found = resolve(cls_name, None)  # type: ignore[arg-type]
         if found is None:
             raise SystemExit(f"{path}:{line}: class {cls_name} not found in the tree")
-        for f, _w in all_fields(found[0], found[1], resolve):
+        files = []
+        for f, w in all_fields(found[0], found[1], resolve):
+            if w not in files:
+                files.append(w)
             if f.name in exclude or not f.init:
                 continue
             meta = f.meta.get("argparse_meta") if isinstance(f.meta.get("argparse_meta"), dict) else {}
@@ -304,7 +307,9 @@ def megatron_entry(tree: Tree, repo: str, commit: str) -> Entry:
                 flags.update({"--no-" + f.name.replace("_", "-"), "--disable-" + f.name.replace("_", "-")})
             else:
                 flags.add(dashed)
-        sources.append(f"{repo}@{commit}:{found[1]} class {cls_name} (ArgumentGroupFactory at {path}:{line})")
+        bases = [w for w in files if w != found[1]]
+        sources.append(f"{repo}@{commit}:{found[1]} class {cls_name} (ArgumentGroupFactory at {path}:{line})"
+                       + (f"; fields also from {', '.join(bases)}" if bases else ""))
     cond: List[str] = []
     cond_src = "megatron/post_training/arguments.py"
     if tree.exists(cond_src):
