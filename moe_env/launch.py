@@ -30,6 +30,7 @@ class Launch:
     script: Optional[str] = None  # "mgm/train/train_mem.py", "xtuner train"; None: only the script's arguments
     args: List[str] = field(default_factory=list)  # what the script's parser reads
     env: Dict[str, str] = field(default_factory=dict)  # VAR=value words before the program
+    wrapper: bool = False  # `bash run.sh ...`: a program whose arguments are its own, not the entry point's
 
     def positional(self) -> List[str]:
         """The words before the script's arguments, as the launcher rule reads them (`python train.py`)."""
@@ -83,7 +84,7 @@ def split_launch(argv: Sequence[str]) -> Launch:
             out.program = words[:i]
         out.launcher_args, out.script, out.args = rest[:j], rest[j], rest[j + 1:]
         return out
-    out.program, out.args = words[:1], words[1:]  # `bash run.sh ...`, a wrapper: its arguments as given
+    out.program, out.args, out.wrapper = words[:1], words[1:], True  # `bash run.sh ...`: a wrapper
     return out
 
 
@@ -92,6 +93,9 @@ def entry_point_for(project: Project, launch: Launch) -> Tuple[Optional[EntryPoi
     eps = project.entry_points
     if not eps:
         return None, f"the matrix lists no entry point for {project.name}"
+    if launch.wrapper:
+        return None, (f"the launch runs {launch.program[0]}, whose arguments are its own; give the line the "
+                      "wrapper runs (deepspeed/torchrun ... SCRIPT.py ARGS) to have its flags checked")
     if launch.script is None:
         default = next((e for e in eps if e.default), None)
         return default, "" if default else "the launch names no script"

@@ -625,3 +625,11 @@ def test_xtuner_on_v100_gets_the_gpu_finding():
     q = cli("check-config", "xtuner", "--json", "--", "xtuner", "train", "mixtral_8x7b_instruct_full_oasst1_e3",
             "--deepspeed", "deepspeed_zero3", env={"MOE_ENV_GPUS": "H100:9.0x8"})
     assert "gpu.memory-below-recipe" not in {f["id"] for f in json.loads(q.stdout)["findings"]}
+
+
+def test_wrapper_scripts_arguments_are_not_judged_as_the_entry_points():
+    p, _ep = flags_of("minigemini")
+    launch = split_launch(["bash", "scripts/train.sh", "--foo"])
+    ep, why = entry_point_for(p, launch)
+    assert ep is None and "bash" in why
+    assert entry_point_for(p, split_launch(["--model_name_or_path", "x"]))[0] is not None  # args alone: the default

@@ -5,19 +5,29 @@ from __future__ import annotations
 import argparse
 
 EPILOG = """\
-Everything after `--` is the training command's own arguments (the launcher may be included). A
-DeepSpeed config is read from --deepspeed-config, else from the launch's own --deepspeed FILE.
-Installed versions (Transformer Engine, grouped_gemm) come from a static probe of --python (default:
-this interpreter; nothing is imported); GPUs from nvidia-smi or MOE_ENV_GPUS.
+Everything after `--` is the training command, with or without its launcher (deepspeed, torchrun,
+python -m torch.distributed.run, accelerate launch, xtuner train); the launcher's own options are not
+judged as the script's. The script's flags are checked against its entry point's parser (the matrix's
+compat_matrix/entry_points/, read from upstream at the pinned commit): a flag it would refuse is an
+error with the closest one. --load / --pretrained-checkpoint / --model_name_or_path that are local paths
+are read with `moe-env ckpt`'s readers and judged against the launch (missing, unreadable, incomplete,
+experts / layers / TP / PP / EP, expert layout vs --moe-grouped-gemm); hub ids are not judged.
+A DeepSpeed config is read from --deepspeed-config, else from the launch's own --deepspeed FILE.
+With --python, doctor's checks for the variant the launch selects run too (static probe: nothing is
+imported); without it, installed versions come from this interpreter and only doctor's GPU checks run.
+GPUs come from nvidia-smi or MOE_ENV_GPUS (driver: MOE_ENV_CUDA_DRIVER_VERSION); WORLD_SIZE gives the
+world size when the launcher does not; CUDA_DEVICE_MAX_CONNECTIONS is judged as the launch would see it.
 
 examples:
-  moe-env check-config moe-llava --deepspeed-config scripts/zero3.json -- \\
-      deepspeed moellava/train/train_mem.py --moe_enable True --train_modules fc1 fc2 wg \\
+  moe-env check-config moe-llava --deepspeed-config scripts/zero2.json -- \\
+      deepspeed --num_gpus 8 moellava/train/train_mem.py --moe_enable True --train_modules fc1 fc2 wg \\
       --model_name_or_path ./checkpoints/llavaphi-2.7b-finetune --bf16 True
-  moe-env check-config mgm --model 8x7b -- --model_name_or_path mistralai/Mixtral-8x7B-Instruct-v0.1
-  moe-env check-config megatron --python /opt/venv/bin/python -- pretrain_gpt.py \\
+  moe-env check-config mgm --python /opt/venv/bin/python -- deepspeed mgm/train/train_mem.py \\
+      --model_name_or_path model_zoo/LLM/mixtral/Mixtral-8x7B-Instruct-v0.1 --deepspeed scripts/zero3.json
+  moe-env check-config megatron -- torchrun --nproc_per_node 8 pretrain_gpt.py \\
       --moe-grouped-gemm --load /ckpt/mixtral-mcore --num-experts 8 --expert-model-parallel-size 8
-  MOE_ENV_GPUS=7.0x8 moe-env check-config xtuner -- --deepspeed deepspeed_zero3 --bf16
+  MOE_ENV_GPUS=V100:7.0x8 moe-env check-config xtuner -- xtuner train mixtral_8x7b_instruct_full_oasst1_e3 \\
+      --deepspeed deepspeed_zero3
 
 exit codes: 0 no errors; 1 errors found (with --strict, warnings too); 2 bad usage or input
 (unknown project, unreadable DeepSpeed config); 4 internal error.
