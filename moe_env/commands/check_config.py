@@ -185,7 +185,7 @@ def run(args) -> int:
                              title="A rule of the matrix was not judged: this moe-env does not know its kind",
                              seen=u, why="The matrix is newer than the code.", fix="upgrade moe-env"))
     doctor = _doctor_findings(env, matrix, project, variants, full=bool(args.python))
-    findings = sort_findings(merge_findings(flag_findings + findings + doctor + notes))
+    findings = sort_findings([_escaped(f) for f in merge_findings(flag_findings + findings + doctor + notes)])
     if args.json:
         doc = {"schema": "moe-env.check-config/1", "project": project.name, "variants": [v.id for v in variants],
                "deepspeed_config": ds_path, "world_size": cfg.world_size, "rules": len(project.rules),
@@ -211,6 +211,17 @@ def _printable(text) -> str:
     from moe_env.untrusted import printable
 
     return printable(str(text))
+
+
+def _escaped(f):
+    """A finding whose text is safe to print: launch words, DeepSpeed values and names read from a
+    checkpoint can carry terminal escapes (untrusted.printable)."""
+    import dataclasses
+
+    from moe_env.untrusted import printable
+
+    return dataclasses.replace(f, title=printable(f.title), seen=printable(f.seen), why=printable(f.why),
+                               fix=printable(f.fix))
 
 
 def merge_findings(findings):
