@@ -801,13 +801,18 @@ def config_forbids(cfg: LaunchConfig, rule: Rule) -> List[Finding]:
 
 def launcher_world_size(cfg: LaunchConfig) -> Optional[int]:
     """GPUs of the run from the launcher's flags: deepspeed --num_gpus x --num_nodes, torchrun
-    --nproc_per_node x --nnodes; None when the launch does not say."""
+    --nproc_per_node x --nnodes, `xtuner train`'s NPROC_PER_NODE x NNODES; None when the launch does not say."""
     for table in (cfg.launcher_flags, cfg.flags):
         for per, nodes in (("num_gpus", "num_nodes"), ("nproc_per_node", "nnodes")):
             p = _int_of(table.get(per))
             if p:
                 n = _int_of(table.get(nodes))
                 return p * (n or 1)
+    if cfg.positional[:1] == ["xtuner"]:  # `xtuner train` starts torchrun with NPROC_PER_NODE x NNODES
+        # InternLM/xtuner@v0.1.23:xtuner/entry_point.py:274-275
+        p = _int_of([cfg.env.get("NPROC_PER_NODE", "")])
+        if p:
+            return p * (_int_of([cfg.env.get("NNODES", "")]) or 1)
     return None
 
 

@@ -51,7 +51,7 @@ def split_launch(argv: Sequence[str]) -> Launch:
         return out
     if first == "xtuner":
         out.program = words[:1]
-        if len(words) > 1 and words[1] in ("train", "dist_train"):
+        if len(words) > 1 and words[1] == "train":
             out.script, out.args = "xtuner train", words[2:]
         else:
             out.script, out.args = " ".join(words[:2]), words[2:]

@@ -633,3 +633,13 @@ def test_wrapper_scripts_arguments_are_not_judged_as_the_entry_points():
     ep, why = entry_point_for(p, launch)
     assert ep is None and "bash" in why
     assert entry_point_for(p, split_launch(["--model_name_or_path", "x"]))[0] is not None  # args alone: the default
+
+
+def test_xtuner_world_size_from_its_environment_words(tmp_path):
+    cfg_py = tmp_path / "sp.py"
+    cfg_py.write_text("sequence_parallel_size = 4\nmodel = dict(type='x')\n")
+    rid = rule_id("xtuner", "config_divides", numerator="world_size")
+    p = cli("check-config", "xtuner", "--json", "--", "NPROC_PER_NODE=6", "xtuner", "train", str(cfg_py))
+    assert rid in {f["id"] for f in json.loads(p.stdout)["findings"]}, p.stdout
+    p = cli("check-config", "xtuner", "--json", "--", "NPROC_PER_NODE=8", "xtuner", "train", str(cfg_py))
+    assert rid not in {f["id"] for f in json.loads(p.stdout)["findings"]}
