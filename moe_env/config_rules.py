@@ -563,10 +563,10 @@ def _layout_mismatch(cfg: LaunchConfig, rule: Rule, predicted: Optional[str], wh
 
 @kind("checkpoint_arg")
 def checkpoint_arg(cfg: LaunchConfig, rule: Rule) -> List[Finding]:
-    """params: {flags = [..], judge = "missing" | "unreadable" | "matches" | "report", same_as = "--save",
+    """params: {flags = [..], judge = "missing" | "unreadable" | "matches" | "report", hub_ids, same_as = "--save",
     when_missing_too = "--load"}: a checkpoint path of the launch, as the command read it
-    (launch_ckpt.read_checkpoints). `missing`: a local path that is not there (hub ids are not
-    judged; `same_as`: not when it is also the save folder, a resumable first run; `when_missing_too`:
+    (launch_ckpt.read_checkpoints). `missing`: a path that is not there (with `hub_ids = true` a value
+    that does not look like a local path, `org/name`, is a hub id and not judged; `same_as`: not when it is also the save folder, a resumable first run; `when_missing_too`:
     only when that flag's checkpoint is missing as well). `unreadable`: there but not readable.
     `report`: the errors ckpt's reader finds in it. `matches`: the checkpoint's experts, layers and
     TP/PP/EP ranks against the launch flags in `compare` ({fact: [flag, default]}), for the

@@ -32,11 +32,14 @@ def looks_local(value: str) -> bool:
                         or v.count("/") > 1 or bool(re.match(r"^[A-Za-z]:[\\/]", v)) or "\\" in v)
 
 
-def checkpoint_flags(project: Any) -> List[str]:
-    out: List[str] = []
+def checkpoint_flags(project: Any) -> Dict[str, bool]:
+    """Flags naming a checkpoint (the project's checkpoint_arg rules) -> whether a hub id is allowed there
+    (`hub_ids = true`: --model_name_or_path; Megatron's --load is always a folder)."""
+    out: Dict[str, bool] = {}
     for r in project.rules:
         if r.kind == "checkpoint_arg":
-            out.extend(f for f in r.params.get("flags", []) if f not in out)
+            for f in r.params.get("flags", []):
+                out[f] = out.get(f, False) or bool(r.params.get("hub_ids"))
     return out
 
 
@@ -45,7 +48,7 @@ def read_checkpoints(cfg: Any, matrix: Any) -> Dict[str, CkptState]:
     from moe_env.ckpt import inspect_checkpoint
 
     out: Dict[str, CkptState] = {}
-    for flag in checkpoint_flags(cfg.project):
+    for flag, hub_ok in checkpoint_flags(cfg.project).items():
         raw = cfg.value(flag)
         if not raw or not raw.split():
             continue
@@ -54,7 +57,7 @@ def read_checkpoints(cfg: Any, matrix: Any) -> Dict[str, CkptState]:
             continue
         full = os.path.expanduser(path)
         if not os.path.lexists(full):
-            out[path] = CkptState(path, "missing" if looks_local(path) else "hub-id")
+            out[path] = CkptState(path, "hub-id" if hub_ok and not looks_local(path) else "missing")
             continue
         if not os.access(full, os.R_OK) or (os.path.isdir(full) and not os.access(full, os.X_OK)):
             out[path] = CkptState(path, "unreadable", message="permission denied")

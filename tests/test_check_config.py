@@ -643,3 +643,12 @@ def test_xtuner_world_size_from_its_environment_words(tmp_path):
     assert rid in {f["id"] for f in json.loads(p.stdout)["findings"]}, p.stdout
     p = cli("check-config", "xtuner", "--json", "--", "NPROC_PER_NODE=8", "xtuner", "train", str(cfg_py))
     assert rid not in {f["id"] for f in json.loads(p.stdout)["findings"]}
+
+
+def test_megatron_load_is_always_a_folder_but_model_name_may_be_a_hub_id(tmp_path):
+    rid = rule_id("megatron", "checkpoint_arg", judge="missing", flags=["--load"])
+    assert rid in judge("megatron", "pretrain_gpt.py --load ckpt/mixtral")  # one slash: still a folder for Megatron
+    hf = rule_id("minigemini", "checkpoint_arg", judge="missing")
+    assert hf not in judge("minigemini", "--model_name_or_path mistralai/Mixtral-8x7B-v0.1")
+    p = cli("check-config", "mgm", "--json", "--", "--model_name_or_path", "lmsys/vicuna-7b-v1.5", cwd=tmp_path)
+    assert "check-config.checkpoint-hub-id" in {f["id"] for f in json.loads(p.stdout)["findings"]}

@@ -174,6 +174,12 @@ def run(args) -> int:
     notes.extend(_xtuner_named_config(cfg, matrix, launch, locations, explicit_python=bool(args.python)))
     cfg.checkpoints = read_checkpoints(cfg, matrix)
     for st in cfg.checkpoints.values():
+        if st.state == "hub-id":
+            notes.append(Finding(id="check-config.checkpoint-hub-id", severity="info",
+                                 title=f"{_printable(st.path)} is not a folder here: taken as a Hub repo id",
+                                 seen=f"no file or folder {_printable(st.path)} relative to {_printable(os.getcwd())}",
+                                 why="from_pretrained downloads a value that is not a local folder from the Hub.",
+                                 fix=f"for a local folder, run check-config where the launch runs, or write ./{_printable(st.path)}"))
         if st.state == "not-a-checkpoint":
             notes.append(Finding(id="check-config.checkpoint-not-read", severity="info",
                                  title=f"{_printable(st.path)}: moe-env's checkpoint readers could not read it; not judged",
