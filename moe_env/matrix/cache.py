@@ -137,38 +137,41 @@ def load_matrix_cached(root: Optional[Path] = None) -> model.Matrix:
 
 
 # ---------------------------------------------------------------- JSON -> the typed dataclasses
+#
+# Per class, once: which fields hold dataclasses (directly, in a list or in a dict) and need rebuilding;
+# every other field is plain JSON data already (str, int, bool, lists and tables of them) and is taken
+# as is. That keeps a cache hit at a few milliseconds for ~6,000 entries.
 
-_HINTS: Dict[type, Dict[str, Any]] = {}
+_PLANS: Dict[type, Dict[str, Any]] = {}
 
 
-def _hints(cls: type) -> Dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
+def _converter(hint: Any):
+    """None when values of this type are plain data, else a function rebuilding them."""
+    if dataclasses.is_dataclass(hint):
+        return lambda value: _build(hint, value)
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        conv = _converter(inner[0]) if inner else None
+        return None if conv is None else (lambda value: None if value is None else conv(value))
+    if origin is list:
+        conv = _converter(typing.get_args(hint)[0])
+        return None if conv is None else (lambda value: [conv(v) for v in value])
+    if origin is dict:
+        conv = _converter(typing.get_args(hint)[1])
+        return None if conv is None else (lambda value: {k: conv(v) for k, v in value.items()})
+    return None
 
 
 def _build(cls: type, data: Any) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__}: not an object")
-    hints = _hints(cls)
-    return cls(**{name: _value(hints[name], value) for name, value in data.items() if name in hints})
-
-
-def _value(hint: Any, value: Any) -> Any:
-    if value is None:
-        return None
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value)
-    origin = typing.get_origin(hint)
-    if origin is typing.Union:
-        inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _value(inner[0], value) if inner else value
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return [_value(item, v) for v in value] if dataclasses.is_dataclass(item) or typing.get_origin(item) else list(value)
-    if origin is dict:
-        _, item = typing.get_args(hint)
-        if dataclasses.is_dataclass(item) or typing.get_origin(item):
-            return {k: _value(item, v) for k, v in value.items()}
-        return dict(value)
-    return value
+    plan = _PLANS.get(cls)
+    if plan is None:
+        plan = _PLANS[cls] = {name: _converter(hint) for name, hint in typing.get_type_hints(cls).items()}
+    kwargs = {}
+    for name, value in data.items():
+        if name in plan:
+            conv = plan[name]
+            kwargs[name] = value if conv is None or value is None else conv(value)
+    return cls(**kwargs)
