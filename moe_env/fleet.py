@@ -519,8 +519,12 @@ def render_text(result: FleetDiff, color: bool = False, max_nodes: int = 8) -> s
                          + (f" (odd nodes: {_nodes_text(odd, max_nodes)})" if odd else ""))
         if result.duplicates:
             parts.append(f"{len(result.duplicates)} duplicate report{'s' if len(result.duplicates) != 1 else ''}")
-        lines.append(paint("FAIL", "red", color) + ": " + "; ".join(parts)
-                     + " — install the same lockfile everywhere (`moe-env lock PROJECT`) and collect one report per node")
+        fixes = []
+        if errors:
+            fixes.append("install the same lockfile everywhere (`moe-env lock PROJECT`)")
+        if result.duplicates:
+            fixes.append("collect one report per node")
+        lines.append(paint("FAIL", "red", color) + ": " + "; ".join(parts) + " — " + " and ".join(fixes))
     elif warnings:
         lines.append(paint("OK", "green", color) + f" with {len(warnings)} warning{'s' if len(warnings) != 1 else ''}: "
                      f"{', '.join(printable(d.fact) for d in warnings)} should agree; nothing that must agree differs")
