@@ -652,3 +652,15 @@ def test_megatron_load_is_always_a_folder_but_model_name_may_be_a_hub_id(tmp_pat
     assert hf not in judge("minigemini", "--model_name_or_path mistralai/Mixtral-8x7B-v0.1")
     p = cli("check-config", "mgm", "--json", "--", "--model_name_or_path", "lmsys/vicuna-7b-v1.5", cwd=tmp_path)
     assert "check-config.checkpoint-hub-id" in {f["id"] for f in json.loads(p.stdout)["findings"]}
+
+
+def test_bf16_on_v100_is_one_finding_with_python(tmp_path):
+    from fakes import deepspeed_files, make_venv
+
+    venv = make_venv(tmp_path / "venv")
+    venv.add_dist("deepspeed", "0.13.2", files=deepspeed_files("0.13.2", z3_leaf=True))
+    p = cli("check-config", "mgm", "--json", "--python", str(venv.python), "--", "--model_name_or_path",
+            "model_zoo/LLM/mixtral/Mixtral-8x7B-Instruct-v0.1", "--bf16", "True", env={"MOE_ENV_GPUS": "V100:7.0x8"})
+    ids = [f["id"] for f in json.loads(p.stdout)["findings"] if f["severity"] == "error"]
+    gpu = [i for i in ids if "bf16" in i or "gpu" in i]
+    assert len(gpu) == 1, ids

@@ -190,7 +190,8 @@ def run(args) -> int:
         notes.append(Finding(id="check-config.unknown-rule-kind", severity="info",
                              title="A rule of the matrix was not judged: this moe-env does not know its kind",
                              seen=u, why="The matrix is newer than the code.", fix="upgrade moe-env"))
-    doctor = _doctor_findings(env, matrix, project, variants, full=bool(args.python))
+    doctor = _without_gpu_duplicates(_doctor_findings(env, matrix, project, variants, full=bool(args.python)),
+                                     findings, project)
     findings = sort_findings([_escaped(f) for f in merge_findings(flag_findings + findings + doctor + notes)])
     if args.json:
         doc = {"schema": "moe-env.check-config/1", "project": project.name, "variants": [v.id for v in variants],
@@ -295,6 +296,35 @@ def _doctor_findings(env, matrix, project, variants, full):
         fn = GENERIC.get(name)
         if fn is not None:
             out.extend(fn(ctx))
+    return out
+
+
+_GPU_RULE_KINDS = ("bf16_capability", "gpu_capability_for_flags")
+
+
+def _cc(text):
+    from moe_env.config_rules import _cc as cc
+
+    return cc(text)
+
+
+def _without_gpu_duplicates(doctor, rule_findings, project):
+    """The launch decides the dtype: where the project has launch rules for bf16 on old GPUs, doctor's
+    recipe-level bf16 check (which assumes the shipped recipe's dtype) does not speak for this launch;
+    and when such a rule fired, doctor's "needs sm_80" checks are the same problem (same fix)."""
+    gpu_rules = {f"{project.name}.{r.id}" for r in project.rules if r.kind in _GPU_RULE_KINDS}
+    if not gpu_rules:
+        return doctor
+    fired = any(f.id in gpu_rules for f in rule_findings)
+    sm80 = {f"{project.name}.{c.id}" if "." not in c.id else c.id for c in project.checks
+            if c.kind == "gpu_capability" and _cc(c.params.get("min", "0")) >= (8, 0)}
+    out = []
+    for f in doctor:
+        if f.id in ("gpu.bf16-unsupported", "gpu.bf16-deferred"):
+            continue
+        if fired and f.id in sm80:
+            continue
+        out.append(f)
     return out
 
 
