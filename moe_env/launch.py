@@ -108,6 +108,8 @@ def entry_point_for(project: Project, launch: Launch) -> Tuple[Optional[EntryPoi
     return None, f"{launch.script} is not an entry point the matrix knows for {project.name} ({known})"
 
 
+MAX_FLAG_FINDINGS = 20  # one finding per misspelt flag up to this many; the rest in one finding
+
 _NEG_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+([eE][-+]?\d+)?$")
 
 
@@ -137,7 +139,7 @@ def judge_flags(project: Project, ep: EntryPoint, args: Sequence[str]) -> List[F
             if len(hits) > 1:
                 ambiguous.append((name, hits))
                 continue
-        unknown.append((name, closest(name, known)))
+        unknown.append((name, closest(name, known) if len(unknown) < MAX_FLAG_FINDINGS else None))
     from moe_env.untrusted import printable
 
     unknown = [(printable(n), k) for n, k in unknown]
@@ -145,6 +147,8 @@ def judge_flags(project: Project, ep: EntryPoint, args: Sequence[str]) -> List[F
     abbreviated = [(printable(n), k) for n, k in abbreviated]
     findings = []
     who = _parser_words(ep)
+    rest = unknown[MAX_FLAG_FINDINGS:]
+    unknown = unknown[:MAX_FLAG_FINDINGS]
     for name, near in unknown:
         hint = f"did you mean {near}?" if near else "no flag of that entry point is close"
         findings.append(Finding(
@@ -154,7 +158,14 @@ def judge_flags(project: Project, ep: EntryPoint, args: Sequence[str]) -> List[F
             why=f"{who}; the list holds the {len(ep.flags)} flags of the pinned commit.",
             fix=f"replace {name} with {near}" if near else f"drop {name} (see the entry point's --help)",
             sources=list(ep.source[:2])))
-    for name, hits in ambiguous:
+    if rest:
+        shown = " ".join(n for n, _ in rest[:10]) + (" ..." if len(rest) > 10 else "")
+        findings.append(Finding(
+            id=f"{project.name}.unknown-flag:more", severity="error",
+            title=f"{len(rest)} more flags that {ep.id} does not define",
+            seen=shown, why=f"{who}.", fix="check the launch line against the entry point's --help",
+            sources=list(ep.source[:2])))
+    for name, hits in ambiguous[:MAX_FLAG_FINDINGS]:
         findings.append(Finding(
             id=f"{project.name}.ambiguous-flag:{name}", severity="error",
             title=f"{name} is ambiguous for {ep.id}: it could be {', '.join(hits[:4])}{' ...' if len(hits) > 4 else ''}",

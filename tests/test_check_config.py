@@ -664,3 +664,9 @@ def test_bf16_on_v100_is_one_finding_with_python(tmp_path):
     ids = [f["id"] for f in json.loads(p.stdout)["findings"] if f["severity"] == "error"]
     gpu = [i for i in ids if "bf16" in i or "gpu" in i]
     assert len(gpu) == 1, ids
+
+
+def test_a_thousand_misspelt_flags_are_bounded():
+    p, ep = flags_of("megatron")
+    got = judge_flags(p, ep, [f"--no-such-flag-{i}" for i in range(1000)] + ["--moe-grouped-gem"])
+    assert len(got) == 21 and got[-1].title.startswith("981 more flags")
