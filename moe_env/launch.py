@@ -204,3 +204,26 @@ def closest(name: str, known: "set[str] | Sequence[str]") -> Optional[str]:
         return by_norm[norm(name)]
     got = difflib.get_close_matches(norm(name), list(by_norm), n=1, cutoff=0.6)
     return by_norm[got[0]] if got else None
+
+
+def launcher_added_flags(project: Project, ep: EntryPoint, launch: Launch, launcher_args: Sequence) -> List[Finding]:
+    """Arguments the launcher itself appends to the script's line ([[launcher_arg]], launchers.toml),
+    judged against the entry point's parser like the user's own."""
+    if not launch.program:
+        return []
+    prog = os.path.basename(launch.program[0])
+    known = set(ep.flags) | set(ep.conditional_flags)
+    out = []
+    for la in launcher_args:
+        if la.launcher != prog or (la.unless and la.unless in launch.launcher_args):
+            continue
+        accepted = la.adds in known or (ep.allow_abbrev and sum(1 for k in known if k.startswith(la.adds)) == 1)
+        if accepted:
+            continue
+        out.append(Finding(
+            id=f"{project.name}.launcher-adds-{la.adds.lstrip('-')}", severity="error",
+            title=f"{prog} adds {la.adds}=N to the script's arguments, and {ep.id} does not define {la.adds}",
+            seen=f"{prog} {' '.join(launch.launcher_args)} {launch.script or ''}".replace("  ", " ").strip()
+                 + (f" (no {la.unless})" if la.unless else ""),
+            why=la.why, fix=la.fix, sources=list(la.source)))
+    return out

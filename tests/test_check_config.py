@@ -670,3 +670,14 @@ def test_a_thousand_misspelt_flags_are_bounded():
     p, ep = flags_of("megatron")
     got = judge_flags(p, ep, [f"--no-such-flag-{i}" for i in range(1000)] + ["--moe-grouped-gem"])
     assert len(got) == 21 and got[-1].title.startswith("981 more flags")
+
+
+def test_deepspeed_launcher_adds_local_rank_that_megatron_refuses():
+    p = cli("check-config", "megatron", "--json", "--", "deepspeed", "--num_gpus", "8", "pretrain_gpt.py", "--num-layers", "2")
+    assert p.returncode == 1
+    hit = [f for f in json.loads(p.stdout)["findings"] if f["id"] == "megatron.launcher-adds-local_rank"]
+    assert hit and hit[0]["sources"] and "--no_local_rank" in hit[0]["fix"]
+    ok = cli("check-config", "megatron", "--", "deepspeed", "--no_local_rank", "pretrain_gpt.py", "--num-layers", "2")
+    assert ok.returncode == 0, ok.stdout
+    hf = cli("check-config", "moe-llava", "--", "deepspeed", "moellava/train/train_mem.py", "--moe_enable", "True")
+    assert "launcher-adds" not in hf.stdout  # TrainingArguments defines --local_rank

@@ -55,6 +55,7 @@ _FLAT: Dict[str, Tuple[type, str]] = {
     "wheels": (m.FlashAttnWheels, "flash_attn_wheels"),
     "cuda_image": (m.CudaImage, "cuda_images"),
     "fleet_fact": (m.FleetFact, "fleet_facts"),
+    "launcher_arg": (m.LauncherArg, "launcher_args"),
 }
 _PACKAGE: Dict[str, type] = {"release": m.PackageRelease, "api": m.ApiEntry}
 _PROJECT: Dict[str, Tuple[type, str]] = {

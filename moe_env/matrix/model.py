@@ -111,6 +111,18 @@ class FleetFact:
     source: List[str]
 
 
+@dataclass
+class LauncherArg:
+    """`[[launcher_arg]]` in launchers.toml: an argument a launcher adds to the script's command line."""
+
+    launcher: str  # program name: "deepspeed"
+    adds: str  # the option string it appends: "--local_rank"
+    unless: str  # the launcher option that turns it off ("" when none)
+    why: str
+    fix: str
+    source: List[str]
+
+
 # ---------------------------------------------------------------- package facts (packages/*.toml)
 
 
@@ -342,6 +354,7 @@ class Matrix:
     flash_attn_wheels: List[FlashAttnWheels] = field(default_factory=list)
     conflicts: List[Conflict] = field(default_factory=list)
     fleet_facts: List[FleetFact] = field(default_factory=list)
+    launcher_args: List[LauncherArg] = field(default_factory=list)
     projects: Dict[str, Project] = field(default_factory=dict)  # by name
 
     def project(self, name: str) -> Optional[Project]:
