@@ -185,6 +185,60 @@ def judge_flags(project: Project, ep: EntryPoint, args: Sequence[str]) -> List[F
     return findings
 
 
+_BOOL_WORDS = {"yes", "true", "t", "y", "1", "no", "false", "f", "n", "0"}  # transformers' string_to_bool
+
+
+def judge_values(project: Project, ep: EntryPoint, args: Sequence[str]) -> List[Finding]:
+    """Values the parser refuses for known flags: a word after a flag that takes none (`--bf16 True` for
+    Megatron's store_true --bf16 is left over: 'unrecognized arguments: True'), and a bool flag of
+    HfArgumentParser given something other than yes/no, true/false, t/f, y/n, 1/0."""
+    from moe_env.untrusted import printable
+
+    if not ep.no_value_flags and not ep.bool_value_flags:
+        return []
+    known = set(ep.flags) | set(ep.conditional_flags)
+    no_value, bool_value = set(ep.no_value_flags), set(ep.bool_value_flags)
+    out: List[Finding] = []
+    for i, word in enumerate(args):
+        if word == "--":
+            break
+        if not word.startswith("--") or len(out) >= MAX_FLAG_FINDINGS:
+            continue
+        name, eq, inline = word.partition("=")
+        canon = name if name in known else None
+        if canon is None and ep.allow_abbrev:
+            hits = [k for k in known if k.startswith(name)]
+            canon = hits[0] if len(hits) == 1 else None
+        if canon is None:
+            continue
+        nxt = args[i + 1] if i + 1 < len(args) else None
+        follows = nxt if (nxt is not None and not nxt.startswith("-")) else None
+        if canon in no_value and (eq or follows is not None):
+            value = inline if eq else follows
+            refusal = ("'ignored explicit argument'" if eq else
+                       "'Some specified arguments are not used by the HfArgumentParser'" if ep.parser == "hf"
+                       else f"'unrecognized arguments: {printable(value)}'")
+            out.append(Finding(
+                id=f"{project.name}.flag-takes-no-value:{printable(name)}", severity="error",
+                title=f"{printable(name)} takes no value, but the launch gives it {printable(value)!r}",
+                seen=printable(f"{word} {'' if eq else follows}".strip()),
+                why=f"{canon} is an on/off switch in {ep.id}'s parser; the parser stops with {refusal}.",
+                fix=f"write {canon} alone" + (" (or --no-... to turn it off where the parser has one)" if ep.parser != "hf" else ""),
+                sources=list(ep.source[:2])))
+        elif canon in bool_value:
+            value = inline if eq else follows
+            if value is not None and value.lower() not in _BOOL_WORDS:
+                out.append(Finding(
+                    id=f"{project.name}.bool-flag-value:{printable(name)}", severity="error",
+                    title=f"{printable(name)} takes true or false, not {printable(value)!r}",
+                    seen=printable(f"{name} {value}"),
+                    why="HfArgumentParser reads bool fields with transformers' string_to_bool, which raises 'Truthy value "
+                        "expected: got ... but expected one of yes/no, true/false, t/f, y/n, 1/0'.",
+                    fix=f"{canon} True (or {canon} False)",
+                    sources=[s for s in ep.source if "string_to_bool" in s] or list(ep.source[:2])))
+    return out
+
+
 def _parser_words(ep: EntryPoint) -> str:
     if ep.parser == "hf":
         return ("HfArgumentParser.parse_args_into_dataclasses() raises 'Some specified arguments are not used by "

@@ -681,3 +681,22 @@ def test_deepspeed_launcher_adds_local_rank_that_megatron_refuses():
     assert ok.returncode == 0, ok.stdout
     hf = cli("check-config", "moe-llava", "--", "deepspeed", "moellava/train/train_mem.py", "--moe_enable", "True")
     assert "launcher-adds" not in hf.stdout  # TrainingArguments defines --local_rank
+
+
+@pytest.mark.parametrize("name,args,bad", [
+    ("megatron", ["--bf16", "True", "--num-layers", "2"], "--bf16"),  # store_true: 'True' is left over
+    ("megatron", ["--sequence-parallel=1"], "--sequence-parallel"),
+    ("megatron", ["--bf16", "--num-layers", "2"], None),
+    ("moe-llava", ["--moe_enable", "Ture"], "--moe_enable"),  # string_to_bool refuses it
+    ("moe-llava", ["--moe_enable", "True", "--bf16", "--tf32", "false", "--moe_enable=yes"], None),
+    ("minigemini", ["--bf16", "1", "--lazy_preprocess", "True"], None),
+])
+def test_values_the_parser_refuses(name, args, bad):
+    from moe_env.launch import judge_values
+
+    p, ep = flags_of(name)
+    got = judge_values(p, ep, args)
+    if bad is None:
+        assert got == []
+    else:
+        assert len(got) == 1 and got[0].severity == "error" and bad in got[0].title and got[0].sources

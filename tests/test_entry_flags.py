@@ -76,6 +76,8 @@ class TrainingArguments:
 '''
 
 HF_ARGPARSER = '''
+def string_to_bool(v):
+    pass
         parser.add_argument(field_name, *aliases, **kwargs)
             parser.add_argument(f"--no_{field.name}", action="store_false", dest=field.name, **bool_kwargs)
 '''
@@ -94,6 +96,8 @@ def test_hf_entry_point_fields_bases_aliases_and_no_flags(tmp_path):
             "--output_dir", "--remove_unused_columns", "--bf16", "-h", "--help"} == flags
     # the subclass's remove_unused_columns defaults to False: no --no_ flag; init=False fields are not flags
     assert ep["parser"] == "hf" and ep["allow_abbrev"] is True
+    assert set(ep["bool_value_flags"]) == {"--moe_enable", "--use_cache", "--cache", "--remove_unused_columns", "--bf16"}
+    assert set(ep["no_value_flags"]) == {"-h", "--help", "--no_use_cache"}
     assert any(s.startswith(f"dvlab-research/MGM@{commit}:mgm/train/train.py") for s in ep["source"])
     assert any(s.startswith("release:transformers==9.9.9:") for s in ep["source"])
 
@@ -144,6 +148,8 @@ def test_megatron_add_argument_and_dataclass_factories(tmp_path):
     assert set(ep["flags"]) == {"-h", "--help", "--num-layers", "--offload", "--no-offload", "--tensor-model-parallel-size",
                                 "--sequence-parallel", "--num-experts", "--moe-grouped-gemm", "--no-add-bias-linear",
                                 "--disable-add-bias-linear"}
+    assert set(ep["no_value_flags"]) == {"-h", "--help", "--offload", "--no-offload", "--sequence-parallel",
+                                         "--moe-grouped-gemm", "--no-add-bias-linear", "--disable-add-bias-linear"}
 
 
 def test_xtuner_train_flags_and_config_names(tmp_path):

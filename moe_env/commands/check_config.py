@@ -105,7 +105,7 @@ def run(args) -> int:
     from moe_env.config_rules import LaunchConfig, flag_spelling, launcher_world_size, parse_launch, run_rules
     from moe_env.errors import UsageError
     from moe_env.findings import Finding, exit_code, sort_findings
-    from moe_env.launch import entry_point_for, judge_flags, launcher_added_flags, split_launch
+    from moe_env.launch import entry_point_for, judge_flags, judge_values, launcher_added_flags, split_launch
     from moe_env.launch_ckpt import read_checkpoints
     from moe_env.matrix.loader import load_matrix
     from moe_env.term import use_color
@@ -128,6 +128,7 @@ def run(args) -> int:
     ep, why_none = entry_point_for(project, launch)
     flag_findings = judge_flags(project, ep, launch.args) if ep is not None else []
     if ep is not None:
+        flag_findings += judge_values(project, ep, launch.args)
         flag_findings += launcher_added_flags(project, ep, launch, matrix.launcher_args)
     if ep is None and launch.args:
         notes.append(Finding(id="check-config.flags-not-judged", severity="info",

@@ -94,6 +94,25 @@ def add_argument_options(tree: ast.AST) -> List[Tuple[str, int]]:
     return out
 
 
+_NO_VALUE_ACTIONS = ("store_true", "store_false", "store_const", "count", "BooleanOptionalAction")
+
+
+def no_value_options(tree: ast.AST) -> List[str]:
+    """Option strings of add_argument calls whose action takes no value (store_true, store_false, ...)."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":
+            action = next((ast.unparse(kw.value).strip("'\"") for kw in node.keywords if kw.arg == "action"), "")
+            if not action.endswith(_NO_VALUE_ACTIONS):
+                continue
+            for a in node.args:
+                if isinstance(a, ast.Constant) and isinstance(a.value, str) and a.value.startswith("-"):
+                    out.append(a.value)
+                    if action.endswith("BooleanOptionalAction") and a.value.startswith("--"):
+                        out.append("--no-" + a.value[2:])
+    return out
+
+
 def function(tree: ast.Module, name: str) -> Optional[ast.FunctionDef]:
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name == name:
@@ -219,6 +238,8 @@ class Entry:
     conditional_flags: List[str] = field(default_factory=list)
     conditional: str = ""
     notes: str = ""
+    no_value_flags: List[str] = field(default_factory=list)
+    bool_value_flags: List[str] = field(default_factory=list)
 
 
 def hf_entry(project: str, tree: Tree, repo: str, commit: str, script: str, classes: List[str],
@@ -236,6 +257,7 @@ def hf_entry(project: str, tree: Tree, repo: str, commit: str, script: str, clas
         return (c, f"{repo}@{commit}:{script}") if c else None
 
     flags = {"-h", "--help"}
+    no_value, bool_value = {"-h", "--help"}, set()
     for name in classes:
         cls = find_class(mod, name)
         if cls is None:
@@ -245,19 +267,27 @@ def hf_entry(project: str, tree: Tree, repo: str, commit: str, script: str, clas
                 continue
             flags.add(f"--{f.name}")
             aliases = f.meta.get("aliases") or []
-            flags.update([aliases] if isinstance(aliases, str) else aliases)
-            if is_bool(f.annotation) and _const(f.default) is True:
-                flags.add(f"--no_{f.name}")
+            names = [f"--{f.name}"] + ([aliases] if isinstance(aliases, str) else list(aliases))
+            flags.update(names)
+            if is_bool(f.annotation):
+                # type=string_to_bool (nargs="?" for bool and defaulted Optional[bool]; one value otherwise)
+                bool_value.update(n for n in names if n.startswith("--"))
+                if _const(f.default) is True:
+                    flags.add(f"--no_{f.name}")
+                    no_value.add(f"--no_{f.name}")
     line = next((n.lineno for n in ast.walk(mod) if isinstance(n, ast.Call)
                  and getattr(n.func, "attr", "") == "HfArgumentParser"), 0)
     hf_parser = wheel.read("transformers/hf_argparser.py")
     add_line = next(i for i, t in enumerate(hf_parser.splitlines(), 1) if "parser.add_argument(field_name, *aliases" in t)
     no_line = next(i for i, t in enumerate(hf_parser.splitlines(), 1) if 'f"--no_{field.name}"' in t)
+    bool_line = next((i for i, t in enumerate(hf_parser.splitlines(), 1) if t.startswith("def string_to_bool")), 0)
     return Entry(
         id=f"{project}-train", scripts=scripts, parser="hf", allow_abbrev=True, flags=sorted(flags),
+        no_value_flags=sorted(no_value), bool_value_flags=sorted(bool_value),
         source=[f"{repo}@{commit}:{script}:{line} HfArgumentParser(({', '.join(classes)}))",
                 f"release:{wheel_name}:{hf_path} class TrainingArguments",
-                f"release:{wheel_name}:transformers/hf_argparser.py:{add_line} --name and aliases; :{no_line} --no_name for bools defaulting to True"],
+                f"release:{wheel_name}:transformers/hf_argparser.py:{add_line} --name and aliases; :{no_line} --no_name for bools defaulting to True",
+                f"release:{wheel_name}:transformers/hf_argparser.py:{bool_line} string_to_bool: the values a bool flag takes"],
         notes="HfArgumentParser passes no allow_abbrev, so argparse's default (unique prefixes accepted) holds; "
               "parse_args_into_dataclasses raises 'Some specified arguments are not used by the HfArgumentParser' "
               "for anything else.")
@@ -268,6 +298,7 @@ def megatron_entry(tree: Tree, repo: str, commit: str) -> Entry:
     mod = ast.parse(tree.read(path))
     abbrev, abbrev_line = parser_allow_abbrev(function(mod, "parse_args") or mod)
     flags = {"-h", "--help"} | {o for o, _ in add_argument_options(mod)}
+    no_value = {"-h", "--help"} | set(no_value_options(mod))
     classes = _class_index(tree)
     sources = [f"{repo}@{commit}:{path}:{abbrev_line} ArgumentParser(allow_abbrev={abbrev}); add_argument calls"]
     cache: Dict[str, ast.Module] = {}
@@ -301,12 +332,18 @@ def megatron_entry(tree: Tree, repo: str, commit: str) -> Entry:
             meta = f.meta.get("argparse_meta") if isinstance(f.meta.get("argparse_meta"), dict) else {}
             if meta and meta.get("arg_names"):
                 flags.update(meta["arg_names"])  # type: ignore[arg-type]
+                if is_bool(f.annotation) and not meta.get("type") and not meta.get("nargs"):
+                    no_value.update(meta["arg_names"])  # type: ignore[arg-type]
                 continue
             dashed = "--" + f.name.replace("_", "-")
             if is_bool(f.annotation) and not (_const(f.default) is False or _const(f.default) == 0):
-                flags.update({"--no-" + f.name.replace("_", "-"), "--disable-" + f.name.replace("_", "-")})
+                names = {"--no-" + f.name.replace("_", "-"), "--disable-" + f.name.replace("_", "-")}
+                flags.update(names)
+                no_value.update(names)  # store_false
             else:
                 flags.add(dashed)
+                if is_bool(f.annotation):
+                    no_value.add(dashed)  # store_true
         bases = [w for w in files if w != found[1]]
         sources.append(f"{repo}@{commit}:{found[1]} class {cls_name} (ArgumentGroupFactory at {path}:{line})"
                        + (f"; fields also from {', '.join(bases)}" if bases else ""))
@@ -318,6 +355,7 @@ def megatron_entry(tree: Tree, repo: str, commit: str) -> Entry:
     return Entry(id="megatron-pretrain", scripts=["pretrain_gpt.py", "pretrain_mamba.py", "pretrain_t5.py",
                                                   "pretrain_bert.py", "pretrain_vlm.py"],
                  parser="argparse", allow_abbrev=abbrev, flags=sorted(flags), source=sources,
+                 no_value_flags=sorted(no_value & flags),
                  conditional_flags=cond, conditional="accepted only when nvidia-modelopt is installed (add_modelopt_args)",
                  notes="parse_args() with allow_abbrev=False: an unknown or abbreviated flag stops the launch "
                        "with 'unrecognized arguments'.")
@@ -414,6 +452,10 @@ def to_toml(project: str, entry: Entry, command: str) -> str:
              f"notes = {_q(entry.notes)}", f"source = {_list(entry.source, 1)}"]
     if entry.conditional_flags:
         lines += [f"conditional = {_q(entry.conditional)}", f"conditional_flags = {_list(entry.conditional_flags)}"]
+    if entry.no_value_flags:
+        lines.append(f"no_value_flags = {_list(entry.no_value_flags)}")
+    if entry.bool_value_flags:
+        lines.append(f"bool_value_flags = {_list(entry.bool_value_flags)}")
     lines.append(f"flags = {_list(entry.flags)}")
     return "\n".join(lines) + "\n"
 

@@ -304,6 +304,8 @@ class EntryPoint:
     default: bool = False  # judged when the launch names no script (only its arguments)
     conditional_flags: List[str] = field(default_factory=list)  # accepted in some set-ups only (see `conditional`)
     conditional: str = ""
+    no_value_flags: List[str] = field(default_factory=list)  # take no value (store_true/store_false): a word after is stray
+    bool_value_flags: List[str] = field(default_factory=list)  # hf: an optional true/false word (string_to_bool)
     notes: str = ""
 
 
