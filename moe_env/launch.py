@@ -212,7 +212,7 @@ def judge_values(project: Project, ep: EntryPoint, args: Sequence[str]) -> List[
         if canon is None:
             continue
         nxt = args[i + 1] if i + 1 < len(args) else None
-        follows = nxt if (nxt is not None and not nxt.startswith("-")) else None
+        follows = nxt if (nxt is not None and not nxt.startswith(("-", "$"))) else None
         if canon in no_value and (eq or follows is not None):
             value = inline if eq else follows
             refusal = ("'ignored explicit argument'" if eq else
@@ -227,7 +227,7 @@ def judge_values(project: Project, ep: EntryPoint, args: Sequence[str]) -> List[
                 sources=list(ep.source[:2])))
         elif canon in bool_value:
             value = inline if eq else follows
-            if value is not None and value.lower() not in _BOOL_WORDS:
+            if value is not None and value.lower() not in _BOOL_WORDS and not value.startswith("$"):  # "$VAR": unexpanded
                 out.append(Finding(
                     id=f"{project.name}.bool-flag-value:{printable(name)}", severity="error",
                     title=f"{printable(name)} takes true or false, not {printable(value)!r}",
