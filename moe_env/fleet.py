@@ -101,7 +101,7 @@ class FleetDiff:
         return [d for d in self.drifts if d.severity == "warning"]
 
     def exit_code(self) -> int:
-        return 1 if (self.mattering or self.duplicates) else 0
+        return 1 if (self.mattering or any(d["severity"] == "error" for d in self.duplicates)) else 0
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -116,6 +116,7 @@ class FleetDiff:
                 "facts_that_matter": len(self.mattering),
                 "warnings": len(self.warnings),
                 "duplicates": len(self.duplicates),
+                "duplicate_reports": sum(1 for d in self.duplicates if d["severity"] == "error"),
             },
         }
 
@@ -444,13 +445,13 @@ def _duplicates(reports: Sequence[NodeReport]) -> List[Dict[str, Any]]:
             by_host.setdefault(r.hostname, []).append(r)
     same_report = set()
     for digest, members in by_digest.items():
-        if digest and len(members) > 1:
-            out.append({"kind": "report", "value": digest, "nodes": members})
+        if digest and len(members) > 1:  # the same node counted twice: one node of the job has no report
+            out.append({"kind": "report", "value": digest, "nodes": members, "severity": "error"})
             same_report.update(members)
     for host, members in by_host.items():
         names = [m.node for m in members]
-        if len(members) > 1 and not set(names) <= same_report:
-            out.append({"kind": "hostname", "value": host, "nodes": names})
+        if len(members) > 1 and not set(names) <= same_report:  # two reports, one name: which node is which?
+            out.append({"kind": "hostname", "value": host, "nodes": names, "severity": "warning"})
     return out
 
 
@@ -483,8 +484,12 @@ def render_text(result: FleetDiff, color: bool = False, max_nodes: int = 8) -> s
                  f"{len(warnings)} should agree and differ{'s' if len(warnings) == 1 else ''}, "
                  f"{len(notes)} other difference{'s' if len(notes) != 1 else ''}")
     for dup in result.duplicates:
-        what = "the same report" if dup["kind"] == "report" else f"the same hostname {printable(dup['value'])}"
-        lines.append(paint("DUPLICATE", "red", color) + f" {what}: {_nodes_text(dup['nodes'], max_nodes)}")
+        if dup["kind"] == "report":
+            lines.append(paint("DUPLICATE", "red", color) + " the same report (hostname and every fact) from "
+                         f"{_nodes_text(dup['nodes'], max_nodes)}: one node counted twice, another missing")
+        else:
+            lines.append(paint("DUPLICATE", "yellow", color) + f" hostname {printable(dup['value'])} in the reports of "
+                         f"{_nodes_text(dup['nodes'], max_nodes)}: set MOE_ENV_HOSTNAME per node or check the collection")
     table = errors + warnings
     if table:
         rows = [("", "fact", "value", "nodes")]
@@ -511,23 +516,27 @@ def render_text(result: FleetDiff, color: bool = False, max_nodes: int = 8) -> s
     if result.ignored:
         lines.append(f"ignored: {', '.join(printable(i) for i in result.ignored)}")
     lines.append("")
-    if errors or result.duplicates:
+    dup_errors = [d for d in result.duplicates if d["severity"] == "error"]
+    dup_warnings = [d for d in result.duplicates if d["severity"] != "error"]
+    if errors or dup_errors:
         odd = sorted({m for d in errors for _v, members in d.groups[1:] for m in members})
         parts = []
         if errors:
             parts.append(f"{', '.join(printable(d.fact) for d in errors)} must agree"
                          + (f" (odd nodes: {_nodes_text(odd, max_nodes)})" if odd else ""))
-        if result.duplicates:
-            parts.append(f"{len(result.duplicates)} duplicate report{'s' if len(result.duplicates) != 1 else ''}")
+        if dup_errors:
+            parts.append(f"{len(dup_errors)} duplicate report{'s' if len(dup_errors) != 1 else ''}")
         fixes = []
         if errors:
             fixes.append("install the same lockfile everywhere (`moe-env lock PROJECT`)")
-        if result.duplicates:
+        if dup_errors:
             fixes.append("collect one report per node")
         lines.append(paint("FAIL", "red", color) + ": " + "; ".join(parts) + " — " + " and ".join(fixes))
-    elif warnings:
-        lines.append(paint("OK", "green", color) + f" with {len(warnings)} warning{'s' if len(warnings) != 1 else ''}: "
-                     f"{', '.join(printable(d.fact) for d in warnings)} should agree; nothing that must agree differs")
+    elif warnings or dup_warnings:
+        what = [printable(d.fact) for d in warnings] + [f"hostname {printable(d['value'])} twice" for d in dup_warnings]
+        n_warn = len(what)
+        lines.append(paint("OK", "green", color) + f" with {n_warn} warning{'s' if n_warn != 1 else ''}: "
+                     f"{', '.join(what)}; nothing that must agree differs")
     else:
         lines.append(paint("OK", "green", color) + f": {n} node{'s' if n != 1 else ''} agree on everything that must agree"
                      + ("" if result.drifts else " (no drift)"))

@@ -227,14 +227,18 @@ def test_driver_branch_only_is_a_warning_exit_0(fleet, tmp_path):
 
 
 def test_duplicate_hostname_and_duplicate_report_are_flagged(fleet, tmp_path):
-    same_host = _variant(fleet, tmp_path, "copy", driver_version="535.129.03")  # hostname n1 again
+    same_host = _variant(fleet, tmp_path, "copy", driver_version="535.129.03")  # hostname n1 again, other facts
     proc = _diff(fleet / "n1.json", same_host, "--json")
-    assert proc.returncode == 1
+    assert proc.returncode == 0  # which node is which is unclear: a warning
     dups = json.loads(proc.stdout)["duplicates"]
-    assert [d["kind"] for d in dups] == ["hostname"] and dups[0]["value"] == "n1"
-    twice = _diff(fleet / "n1.json", fleet / "n1.json")
+    assert [(d["kind"], d["severity"]) for d in dups] == [("hostname", "warning")] and dups[0]["value"] == "n1"
+    text = _diff(fleet / "n1.json", same_host)
+    assert "DUPLICATE hostname n1" in text.stdout and text.stdout.rstrip().splitlines()[-1].startswith("OK with")
+    twice = _diff(fleet / "n1.json", fleet / "n1.json")  # the same report twice: a node is missing
     assert twice.returncode == 1 and "DUPLICATE the same report" in twice.stdout
-    assert "no drift" not in twice.stdout
+    assert "no drift" not in twice.stdout and twice.stdout.rstrip().splitlines()[-1].startswith("FAIL")
+    doc = json.loads(_diff(fleet / "n1.json", fleet / "n1.json", "--json").stdout)
+    assert doc["duplicates"][0]["kind"] == "report" and doc["summary"]["duplicate_reports"] == 1
 
 
 @pytest.mark.parametrize("mutate,needle", [
