@@ -185,6 +185,26 @@ def judge_flags(project: Project, ep: EntryPoint, args: Sequence[str]) -> List[F
     return findings
 
 
+def expand_abbreviations(ep: EntryPoint, args: Sequence[str]) -> List[str]:
+    """The arguments with every accepted abbreviation written out (`--train_module=x` -> `--train_modules=x`)."""
+    if not ep.allow_abbrev:
+        return list(args)
+    known = set(ep.flags) | set(ep.conditional_flags)
+    out = []
+    for word in args:
+        if word == "--":
+            out.extend(args[len(out):])
+            break
+        if word.startswith("--") and len(word) > 2:
+            name, eq, value = word.partition("=")
+            if name not in known:
+                hits = [k for k in known if k.startswith(name)]
+                if len(hits) == 1:
+                    word = hits[0] + eq + value
+        out.append(word)
+    return out
+
+
 _BOOL_WORDS = {"yes", "true", "t", "y", "1", "no", "false", "f", "n", "0"}  # transformers' string_to_bool
 
 

@@ -700,3 +700,11 @@ def test_values_the_parser_refuses(name, args, bad):
         assert got == []
     else:
         assert len(got) == 1 and got[0].severity == "error" and bad in got[0].title and got[0].sources
+
+
+def test_rules_read_an_abbreviated_flag_as_the_parser_does(tmp_path):
+    rid = rule_id("moe-llava", "train_modules_match")
+    p = cli("check-config", "moe-llava", "--json", "--", "--moe_enable", "True", "--model_name_or_path",
+            "openchat/openchat_3.5", "--train_module", "wg")  # abbreviation of --train_modules
+    ids = {f["id"] for f in json.loads(p.stdout)["findings"]}
+    assert rid in ids and "moe-llava.abbreviated-flag" in ids

@@ -105,7 +105,8 @@ def run(args) -> int:
     from moe_env.config_rules import LaunchConfig, flag_spelling, launcher_world_size, parse_launch, run_rules
     from moe_env.errors import UsageError
     from moe_env.findings import Finding, exit_code, sort_findings
-    from moe_env.launch import entry_point_for, judge_flags, judge_values, launcher_added_flags, split_launch
+    from moe_env.launch import (entry_point_for, expand_abbreviations, judge_flags, judge_values,
+                                launcher_added_flags, split_launch)
     from moe_env.launch_ckpt import read_checkpoints
     from moe_env.matrix.loader import load_matrix
     from moe_env.term import use_color
@@ -116,16 +117,18 @@ def run(args) -> int:
     if args.world_size is not None and args.world_size < 1:
         raise UsageError("--world-size must be a positive number of GPUs")
     launch = split_launch(launch_words)
-    flags, script_positional = parse_launch(launch.args)
+    ep, why_none = entry_point_for(project, launch)
+    # the rules read flags as the parser does: an accepted abbreviation (--train_module) is the whole flag
+    script_args = expand_abbreviations(ep, launch.args) if ep is not None else list(launch.args)
+    flags, script_positional = parse_launch(script_args)
     launcher_flags, _ = parse_launch(launch.launcher_args)
     cfg = LaunchConfig(project=project, flags=flags, positional=launch.positional() + script_positional,
-                       env={**os.environ, **launch.env}, spelling=flag_spelling(launch.args),
+                       env={**os.environ, **launch.env}, spelling=flag_spelling(script_args),
                        launcher_flags=launcher_flags)
     variants = resolve_variants(project, list(args.model)) if args.model else _variants_from_launch(project, cfg)
     cfg.variants = variants
     notes = []
 
-    ep, why_none = entry_point_for(project, launch)
     flag_findings = judge_flags(project, ep, launch.args) if ep is not None else []
     if ep is not None:
         flag_findings += judge_values(project, ep, launch.args)
