@@ -708,3 +708,10 @@ def test_rules_read_an_abbreviated_flag_as_the_parser_does(tmp_path):
             "openchat/openchat_3.5", "--train_module", "wg")  # abbreviation of --train_modules
     ids = {f["id"] for f in json.loads(p.stdout)["findings"]}
     assert rid in ids and "moe-llava.abbreviated-flag" in ids
+
+
+def test_without_python_moe_envs_own_interpreter_is_not_the_training_env():
+    p = cli("check-config", "megatron", "--json", "--", "pretrain_gpt.py", "--moe-grouped-gemm", "--bf16")
+    ids = {f["id"] for f in json.loads(p.stdout)["findings"]}
+    assert "check-config.no-python" in ids
+    assert rule_id("megatron", "megatron_grouped_gemm_backend") not in ids  # TE unknown, not "not installed"

@@ -14,7 +14,8 @@ are read with `moe-env ckpt`'s readers and judged against the launch (missing, u
 experts / layers / TP / PP / EP, expert layout vs --moe-grouped-gemm); hub ids are not judged.
 A DeepSpeed config is read from --deepspeed-config, else from the launch's own --deepspeed FILE.
 With --python, doctor's checks for the variant the launch selects run too (static probe: nothing is
-imported); without it, installed versions come from this interpreter and only doctor's GPU checks run.
+imported); without it, this interpreter's versions count only when it has the project installed, and
+only doctor's GPU checks run.
 GPUs come from nvidia-smi or MOE_ENV_GPUS (driver: MOE_ENV_CUDA_DRIVER_VERSION); WORLD_SIZE gives the
 world size when the launcher does not; CUDA_DEVICE_MAX_CONNECTIONS is judged as the launch would see it.
 
@@ -54,7 +55,8 @@ def _add_options(p) -> None:
     p.add_argument("--model", action="append", default=[], metavar="VARIANT",
                    help="model variant (8x7b, deepseek-v2-lite...); repeatable; default: the MoE variants")
     p.add_argument("--deepspeed-config", metavar="FILE", help="DeepSpeed JSON (default: the launch's --deepspeed FILE)")
-    p.add_argument("--python", metavar="PATH", help="interpreter whose installed versions count (default: this one)")
+    p.add_argument("--python", metavar="PATH", help="interpreter of the training environment, probed statically "
+                   "(default: this one, when it has the project installed)")
     p.add_argument("--world-size", type=int, metavar="N", help="total GPUs of the run (default: from launcher flags)")
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     p.add_argument("--json", action="store_true", help="print one JSON document (schema moe-env.check-config/1)")
@@ -140,6 +142,14 @@ def run(args) -> int:
                              fix="name the entry point script in the launch line (see `moe-env check-config --help`)"))
 
     env, cfg.installed, cfg.gpu_capabilities, locations = _environment(args.python, notes, matrix, project)
+    if not args.python and cfg.installed is not None and not _has_project(cfg.installed, project):
+        # moe-env's own interpreter without the project: not the training environment; say so, judge nothing by it
+        cfg.installed, locations = None, {}
+        notes.append(Finding(id="check-config.no-python", severity="info",
+                             title="Installed versions not judged: this interpreter does not have the project installed",
+                             seen=f"{_printable(sys.executable)} has none of {', '.join(project.info.detect) or project.name}",
+                             why="Rules about Transformer Engine, grouped_gemm, deepspeed... need the training environment.",
+                             fix=f"moe-env check-config {project.name} --python /path/to/training/venv/bin/python -- ..."))
     ds_path = args.deepspeed_config
     if not ds_path and cfg.value("deepspeed"):
         candidate = cfg.value("deepspeed").split()[0]
@@ -218,6 +228,13 @@ def run(args) -> int:
             head += f"; DeepSpeed config {_printable(ds_path)}"
         sys.stdout.write(render_findings(findings, color=use_color(sys.stdout), header=head))
     return exit_code(findings, args.strict)
+
+
+def _has_project(installed, project) -> bool:
+    import re
+
+    names = list(project.info.detect) or [project.name]
+    return any(installed.get(re.sub(r"[-_.]+", "-", n).lower()) for n in names)
 
 
 def _printable(text) -> str:
