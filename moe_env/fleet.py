@@ -406,32 +406,33 @@ def diff_reports(reports: Sequence[NodeReport], ignore: Iterable[str] = ()) -> F
 
 
 def _judge_driver(drift: Drift, reports: Sequence[NodeReport]) -> None:
-    """A driver below the minimum of the node's torch CUDA (the matrix's cuda_driver table) makes the
+    """Each node's driver against its torch's CUDA with doctor's own check (checks.platform.torch_vs_driver,
+    the matrix's cuda_driver and minor-version tables): a node whose driver cannot start CUDA makes the
     drift an error; otherwise differing branches only should agree (a warning)."""
     try:
+        from moe_env.checks.platform import torch_vs_driver
+        from moe_env.checks.registry import Context
+        from moe_env.environment import Environment, HostInfo, PythonInfo, TorchBuild
         from moe_env.matrix.cache import load_matrix_cached
 
-        rows = {r.cuda: r for r in load_matrix_cached().cuda_drivers}
-    except Exception:  # noqa: BLE001 - the matrix is optional here: without it the drift stays a warning
+        matrix = load_matrix_cached()
+    except Exception:  # noqa: BLE001 - without the matrix the drift stays a warning
         return
-    from packaging.version import InvalidVersion, Version
-
-    low = []
+    low, sources = [], list(drift.sources)
     for r in reports:
-        driver, cuda = r.facts.get("driver", ("-",))[0], r.facts.get("torch.cuda", ("-",))[0]
-        row = rows.get(".".join(cuda.split(".")[:2]))
-        if row is None or driver == "-":
+        driver, torch, cuda = (r.facts.get(k, ("-",))[0] for k in ("driver", "torch.build", "torch.cuda"))
+        if "-" in (driver, torch, cuda):
             continue
-        try:
-            if Version(driver) < Version(row.min_driver):
-                low.append(f"{r.node} ({driver} < {row.min_driver} for CUDA {row.cuda})")
-                drift.sources = list(dict.fromkeys(drift.sources + list(row.source)))
-        except InvalidVersion:
-            continue
+        env = Environment(python=PythonInfo("", "", "", "", "", ""), torch=TorchBuild(version=torch, cuda=cuda),
+                          host=HostInfo(driver_version=driver))
+        for f in torch_vs_driver(Context(env=env, matrix=matrix)):
+            if f.severity == "error":
+                low.append(f"{r.node} (driver {driver}, torch {torch})")
+                sources.extend(s for s in f.sources if s not in sources)
     if low:
-        drift.severity, drift.matters = "error", True
-        drift.why = ("A driver below the minimum of the CUDA that torch was built with cannot start CUDA on that "
-                     "node: " + ", ".join(low) + ".")
+        drift.severity, drift.matters, drift.sources = "error", True, sources
+        drift.why = ("A driver too old for the CUDA that torch was built with (even under minor-version "
+                     "compatibility) cannot start CUDA on that node: " + ", ".join(low) + ".")
 
 
 def _duplicates(reports: Sequence[NodeReport]) -> List[Dict[str, Any]]:

@@ -91,9 +91,18 @@ def test_torch_tag_and_driver_drift_found(fleet):
     assert "package torch" not in drift  # the same problem as torch.build: one entry
     assert {g["value"] for g in drift["torch.build"]["groups"]} == {"2.1.2+cu121", "2.1.2+cu118"}
     assert {g["value"] for g in drift["driver"]["groups"]} == {"535.104.05", "470.82.01"}
-    assert all(drift[f]["matters"] for f in ("torch.build", "torch.cuda", "driver"))
-    assert drift["driver"]["severity"] == "error"  # 470 is below CUDA 11.8's minimum: that node cannot start CUDA
+    assert all(drift[f]["matters"] for f in ("torch.build", "torch.cuda"))
+    # 470 is below CUDA 11.8's GA minimum but above 11.x's minor-version-compatibility floor: it runs (doctor's rule)
+    assert drift["driver"]["severity"] == "warning" and drift["driver"]["matters"] is False
     assert all(drift[f]["sources"] for f in ("torch.build", "torch.cuda", "driver"))
+
+
+def test_a_driver_that_cannot_start_torchs_cuda_is_an_error(fleet, tmp_path):
+    old = _variant(fleet, tmp_path, "n9", hostname="n9", driver_version="418.67")  # torch 2.1.2+cu121
+    proc = _diff(fleet / "n1.json", old, "--json")
+    assert proc.returncode == 1
+    drift = {d["fact"]: d for d in json.loads(proc.stdout)["drift"]}
+    assert drift["driver"]["severity"] == "error" and "n9" in drift["driver"]["why"]
 
 
 def test_folder_and_text_output(fleet):
