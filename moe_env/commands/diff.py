@@ -17,7 +17,7 @@ examples:
 
 exit codes: 0 nothing that must agree differs (a driver branch that differs is a warning); 1 drift
 in what must agree (torch build, NCCL, torch's CUDA major, deepspeed, transformers, accelerate, Python
-minor, GPU architecture; a driver below torch's CUDA minimum), or the same report twice; 2 bad
+minor, GPU architecture; a driver that cannot start torch's CUDA), or the same report twice; 2 bad
 or unreadable input. The same hostname in reports that differ is a warning.
 """
 
