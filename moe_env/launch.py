@@ -173,6 +173,15 @@ def judge_flags(project: Project, ep: EntryPoint, args: Sequence[str]) -> List[F
             why="argparse accepts a unique prefix of a flag and stops with 'ambiguous option: ... could match ...' "
                 "when several flags start with it.",
             fix=f"spell the flag out: {hits[0]}", sources=list(ep.source[:2])))
+    conditional = sorted({w.split("=", 1)[0] for w in args if w.split("=", 1)[0] in set(ep.conditional_flags)})
+    if conditional:
+        findings.append(Finding(
+            id=f"{project.name}.conditional-flag", severity="info",
+            title=f"{', '.join(printable(c) for c in conditional)}: {ep.conditional or 'accepted only in some set-ups'}",
+            seen=" ".join(printable(c) for c in conditional),
+            why="The entry point adds these flags to its parser only in that set-up; elsewhere argparse refuses them.",
+            fix="make sure the training environment matches (moe-env doctor --python PATH)",
+            sources=[s for s in ep.source if "post_training" in s or "conditional" in s] or list(ep.source[:1])))
     if abbreviated:
         pairs = ", ".join(f"{a} -> {b}" for a, b in abbreviated)
         findings.append(Finding(

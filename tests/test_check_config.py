@@ -715,3 +715,10 @@ def test_without_python_moe_envs_own_interpreter_is_not_the_training_env():
     ids = {f["id"] for f in json.loads(p.stdout)["findings"]}
     assert "check-config.no-python" in ids
     assert rule_id("megatron", "megatron_grouped_gemm_backend") not in ids  # TE unknown, not "not installed"
+
+
+def test_megatron_modelopt_flags_are_a_note_not_an_error():
+    p, ep = flags_of("megatron")
+    flag = ep.conditional_flags[0]
+    got = judge_flags(p, ep, [flag])
+    assert [f.severity for f in got] == ["info"] and "nvidia-modelopt" in got[0].title
