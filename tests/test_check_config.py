@@ -722,3 +722,24 @@ def test_megatron_modelopt_flags_are_a_note_not_an_error():
     flag = ep.conditional_flags[0]
     got = judge_flags(p, ep, [flag])
     assert [f.severity for f in got] == ["info"] and "nvidia-modelopt" in got[0].title
+
+
+def test_xtuner_named_config_from_the_installed_xtuner_with_python(tmp_path):
+    from fakes import make_venv
+
+    venv = make_venv(tmp_path / "venv")
+    cfg_text = "sequence_parallel_size = 3\nmodel = dict(type='x')\n"
+    venv.add_dist("xtuner", "0.1.23", files={
+        "xtuner/__init__.py": "raise SystemExit('imported')\n",
+        "xtuner/configs/mixtral/mixtral_8x7b_instruct/mixtral_8x7b_instruct_full_oasst1_e3.py": cfg_text,
+        "xtuner/configs/deepspeed/deepspeed_zero3.json": json.dumps({"zero_optimization": {"stage": 3}}),
+    })
+    line = ["NPROC_PER_NODE=8", "xtuner", "train", "mixtral_8x7b_instruct_full_oasst1_e3", "--deepspeed", "deepspeed_zero3"]
+    p = cli("check-config", "xtuner", "--json", "--python", str(venv.python), "--", *line)
+    doc = json.loads(p.stdout)
+    assert doc["deepspeed_config"].endswith("deepspeed_zero3.json")  # the installed package's named config
+    ids = {f["id"] for f in doc["findings"]}
+    assert rule_id("xtuner", "config_divides", numerator="world_size") in ids  # 8 GPUs, sequence_parallel_size 3
+    q = cli("check-config", "xtuner", "--json", "--python", str(venv.python), "--", "xtuner", "train", "no_such_config_e3")
+    assert "xtuner.config-name-unknown" in {f["id"] for f in json.loads(q.stdout)["findings"]}
+    assert q.returncode == 1

@@ -182,3 +182,13 @@ def test_hf_flag_lists_cite_the_pinned_transformers(project, transformers):
     pin = next(x for x in p.pins if x.package == "transformers")
     assert pin.spec == f"=={transformers}"
     assert any(s.startswith(f"release:transformers=={transformers}:") for s in p.entry_points[0].source)
+
+
+def test_older_megatron_layout_megatron_arguments_py(tmp_path):
+    old = ("import argparse\n\ndef parse_args(extra_args_provider=None, ignore_unknown_args=False):\n"
+           "    parser = argparse.ArgumentParser(description='Megatron-LM Arguments', allow_abbrev=False)\n"
+           "    parser.add_argument('--num-experts', type=int)\n    parser.add_argument('--fp16', action='store_true')\n")
+    commit = git_tree(tmp_path / "old", {"megatron/arguments.py": old})
+    ep = tomllib.loads(tool("megatron", "--repo", tmp_path / "old", "--commit", commit))["entry_point"][0]
+    assert set(ep["flags"]) == {"-h", "--help", "--num-experts", "--fp16"} and "--fp16" in ep["no_value_flags"]
+    assert any(":megatron/arguments.py:" in s for s in ep["source"])
