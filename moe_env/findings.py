@@ -6,7 +6,7 @@ doctor, check-config and explain all produce Findings, so they render and exit t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Optional
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
@@ -21,9 +21,17 @@ class Finding:
     fix: str = ""  # a command where one exists
     sources: List[str] = field(default_factory=list)
     deferred: bool = False  # a host check postponed by --build (no driver/GPU at build time)
+    # doctor --code: where in the user's checkout (path relative to it, line, the source line as written)
+    file: Optional[str] = None
+    line: Optional[int] = None
+    code: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for key in ("file", "line", "code"):  # only code findings carry a location
+            if data[key] is None:
+                del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Finding":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple, Union
 
-from moe_env.checks import dependencies, kinds, platform  # noqa: F401  (registration)
+from moe_env.checks import dependencies, extensions, kinds, platform  # noqa: F401  (registration)
 from moe_env.checks.registry import GENERIC, KINDS, Context
 from moe_env.environment import Environment
 from moe_env.errors import UsageError

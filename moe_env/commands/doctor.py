@@ -18,6 +18,9 @@ examples:
   moe-env doctor --json > $(hostname).json         a report for `moe-env diff` or --from-json
   moe-env doctor --from-json node07.json mgm       judge a saved report again, no probing
   moe-env doctor --lockfile requirements.lock      what differs from a lockfile
+  moe-env doctor --code ~/src/MGM --python /opt/venv/bin/python
+                                                   your checkout's imports, calls and super() calls against
+                                                   the installed libraries (read with ast, never run)
 
 environment: MOE_ENV_GPUS (8.0x8, H100:9.0, none), MOE_ENV_CUDA_DRIVER_VERSION and MOE_ENV_NVCC_VERSION
 replace the probed host facts; NO_COLOR turns colour off; MOE_ENV_NO_CACHE=1 re-reads the matrix.
@@ -48,6 +51,8 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document (schema moe-env.doctor/1)")
     p.add_argument("--from-json", metavar="FILE", help="judge a saved `doctor --json` report instead of probing ('-' = stdin)")
     p.add_argument("--lockfile", metavar="FILE", help="also report what differs from this requirements-style lockfile")
+    p.add_argument("--code", metavar="PATH",
+                   help="also judge this checkout (or .py file) against the installed libraries, statically")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help=f"give up on the probe after this long (default {DEFAULT_TIMEOUT:g})")
     p.set_defaults(func=run)
@@ -71,6 +76,12 @@ def run(args) -> int:
 
     matrix = load_matrix_cached()
     project = resolve_project(matrix, args.project) if args.project else None
+    code = None
+    if getattr(args, "code", None):
+        from moe_env.code.run import prepare
+
+        code = prepare(args.code)
+        project = project or code.project(matrix)
 
     if args.from_json:
         saved = read_report(args.from_json)
@@ -81,7 +92,7 @@ def run(args) -> int:
             project = matrix.project(saved.project)
         variants = list(args.model) or (list(saved.variants) if project and saved.project == project.name else [])
     else:
-        env = _probe(args, matrix, project)
+        env = _probe(args, matrix, project, code)
         variants = list(args.model)
 
     notes = []
@@ -105,20 +116,24 @@ def run(args) -> int:
         from moe_env.checks.lockfile import lockfile_findings
 
         findings += lockfile_findings(env, _read_lockfile(args.lockfile))
+    if code is not None:
+        findings = code.findings(findings, env, matrix, project, saved=bool(args.from_json))
     from moe_env.findings import sort_findings
 
     findings = sort_findings(findings)
     report = Report(environment=env, findings=findings, project=project.name if project else None,
-                    variants=[v.id for v in chosen], detected=detected)
+                    variants=[v.id for v in chosen], detected=detected,
+                    code=code.section() if code is not None else None)
     if args.json:
         sys.stdout.write(report.to_json(strict=args.strict))
     else:
         color = use_color(sys.stdout)
-        sys.stdout.write(render_findings(findings, color=color, header=_header(report, project, args.from_json)))
+        header = _header(report, project, args.from_json) + (f"\n{code.header()}" if code is not None else "")
+        sys.stdout.write(render_findings(findings, color=color, header=header))
     return exit_code(findings, args.strict)
 
 
-def _probe(args, matrix, project):
+def _probe(args, matrix, project, code=None):
     """Run the probe in the target interpreter (it validates --python and turns failures into one line).
 
     Only the symbols the project's checks need are looked up (every project's when none is named, so
@@ -127,7 +142,8 @@ def _probe(args, matrix, project):
     from moe_env.checks import symbols_needed
     from moe_env.probe.runner import probe_environment
 
-    env = probe_environment(args.python, symbols_needed(matrix, project), build_mode=args.build, timeout=args.timeout)
+    env = probe_environment(args.python, symbols_needed(matrix, project), build_mode=args.build, timeout=args.timeout,
+                            code=code.request() if code is not None else None)
     if args.build:
         env.host.build_mode = True
     return env

@@ -59,9 +59,14 @@ def _extra_paths() -> List[str]:
     return [os.path.abspath(p) for p in value.split(os.pathsep) if p]
 
 
-def run_target(python: str, symbols: Iterable[str], timeout: float) -> dict:
-    """Run target.py under `python`; return its JSON object or raise a one-line MoeEnvError."""
-    request = json.dumps({"symbols": list(symbols), "extra_paths": _extra_paths()})
+def run_target(python: str, symbols: Iterable[str], timeout: float, code: Optional[dict] = None) -> dict:
+    """Run target.py under `python`; return its JSON object or raise a one-line MoeEnvError.
+
+    `code` ({"symbols": [...], "libraries": [...]}) asks, in the same run, about the names a checkout uses."""
+    payload = {"symbols": list(symbols), "extra_paths": _extra_paths()}
+    if code is not None:
+        payload["code"] = code
+    request = json.dumps(payload)
     cmd = [python, "-I", "-S", "-c", _BOOTSTRAP.format(path=str(TARGET)), "--stdin"]
     try:
         proc = subprocess.run(cmd, input=request, capture_output=True, text=True, timeout=timeout,
@@ -110,11 +115,11 @@ def _failure(proc: subprocess.CompletedProcess) -> str:
 
 
 def probe_environment(python: Optional[str] = None, symbols: Iterable[str] = (), build_mode: bool = False,
-                      timeout: float = DEFAULT_TIMEOUT) -> Environment:
+                      timeout: float = DEFAULT_TIMEOUT, code: Optional[dict] = None) -> Environment:
     """Probe the interpreter `python` (default: this one) and this host; never imports the target's packages."""
     exe = resolve_python(python)
     started = time.perf_counter()
-    data = run_target(exe, symbols, timeout)
+    data = run_target(exe, symbols, timeout, code)
     seconds = time.perf_counter() - started
     try:
         env = Environment.from_dict(data)
