@@ -10,6 +10,7 @@ before anything is called. torch need not be installed; nothing from the file is
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import io
 import pickle
@@ -221,6 +222,12 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._record_classes: Dict[str, type] = {}
 
     def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle hook
+        # protocol 0-2 pickles (torch.save writes protocol 2) name builtins the Python 2 way
+        # (__builtin__.set); map them as pickle's own find_class does, then apply the allow-list
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         qual = f"{module}.{name}"
         self.globals_seen.append(qual)
         if (module, name) in _ALLOWED_FUNCS:

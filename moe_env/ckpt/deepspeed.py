@@ -472,8 +472,11 @@ def inspect_tag(folder: Path, matrix: Any = None, installed: Optional[str] = Non
                      f"{plural(sum(1 for n in s.zero.values() if not n.startswith('bf16_')), 'other shard')}",
                 why="Two saves with different precision settings wrote into the same tag; the loader reads one set.",
                 fix="keep the shards of one save only")
-    if comp.bad:
-        F.skipped(rep, "layout and consolidation advice", comp)
+    if not main and not quick:
+        mc = comp.checks.get(main_name)
+        rep.facts.setdefault("skipped", []).append(
+            f"world sizes and expert counts read from the file names: {main_name} "
+            f"{'absent' if mc is None or mc.state == F.MISSING else 'unreadable'} (trailing missing ranks cannot be seen)")
     # ------------------------------------------------------------ what loads it, how to consolidate it
     if quick:
         return rep

@@ -37,6 +37,8 @@ LAYOUTS: List[Tuple[str, "re.Pattern[str]", str]] = [
      "Megatron legacy GroupedMLP (mlp.experts.weight1/weight2)"),
     ("megatron-dist", re.compile(r"(?a)layers\.(?:(\d{1,9})\.)?mlp\.experts\.experts\.linear_fc(1|2)\.weight$"),
      "Megatron torch_dist sharded keys (mlp.experts.experts.linear_fc1/fc2)"),
+    ("deepspeed-moe", re.compile(r"(?a)layers\.(\d{1,9})\.(?:[\w.]+\.)?deepspeed_moe\.experts\.deepspeed_experts\.(\d{1,9})\.(\w{1,64})\.weight$"),
+     "DeepSpeed MoE (deepspeed_moe.experts.deepspeed_experts.N.*): MoE-LLaVA and other deepspeed.moe.layer.MoE models"),
     ("megatron-switchmlp", re.compile(r"(?a)layers\.(\d{1,9})\.mlp\.local_experts\.(\d{1,9})\.linear_fc(1|2)\.weight$"),
      "Megatron core 0.4 SwitchMLP (mlp.local_experts.N.linear_fc1/fc2)"),
 ]
