@@ -258,26 +258,75 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise PickleFormatError(f"unknown persistent id {type(pid).__name__}")
 
 
+def _why(exc: BaseException) -> str:
+    """The type and (for exceptions whose text is not built from the pickle's objects) the message."""
+    if isinstance(exc, LookupError) or type(exc).__name__ not in ("UnpicklingError", "EOFError", "ValueError",
+                                                                   "TypeError", "OverflowError", "UnicodeDecodeError"):
+        return type(exc).__name__
+    try:
+        return f"{type(exc).__name__}: {str(exc)[:120]}"
+    except Exception:
+        return type(exc).__name__
+
+
 MAX_PICKLE = 64 << 20  # a checkpoint's data.pkl holds names and shapes: megabytes, never this
 MAX_MEMO = 1 << 20
-_BIG_LONG_BINPUT = re.compile(rb"r..(?:[\x10-\xff].|.[\x01-\xff])", re.DOTALL)
-_BIG_PUT = re.compile(rb"p-?[0-9]{7,}")
+
+
+MAX_TUPLE = 1_000_000  # values a tuple may expand to, shared references counted each time
 
 
 def check_memo(data: bytes) -> None:
-    """Refuse memo indices far beyond the pickle's size before the C unpickler sees them: it grows its memo
-    array to twice the largest index it is given (LONG_BINPUT 0xffffffff asks for 64 GiB). Bytes that only
-    look like such an opcode (inside a string) trigger an exact walk of the opcodes."""
-    if not _BIG_LONG_BINPUT.search(data) and not _BIG_PUT.search(data):
-        return
+    """Walk the opcodes before the C unpickler sees them and refuse two things it cannot bound:
+    - memo indices far beyond the pickle's size: it grows its memo array to twice the largest index
+      (LONG_BINPUT 0xffffffff asks for 64 GiB);
+    - tuples (or frozensets) that reuse memoized tuples until they expand to more than MAX_TUPLE values:
+      hashing one (as a dict key) walks every path of the shared-reference DAG, 2**60 steps for 60 levels.
+    The walk follows pickletools' stack effects of each opcode and counts expanded sizes, capped."""
+    mark = pickletools.markobject
+    stack: List[int] = []
+    marks: List[int] = []
+    memo: Dict[int, int] = {}
+    cap = MAX_TUPLE * 4
     n = 0
     try:
         for op, arg, _pos in pickletools.genops(data):
             n += 1
-            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and isinstance(arg, int) and arg > max(MAX_MEMO, n):
-                raise PickleFormatError(f"pickle memo index {arg} far beyond its {n} opcodes")
-            if op.name == "STOP":
+            name = op.name
+            if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                if isinstance(arg, int) and arg > max(MAX_MEMO, n):
+                    raise PickleFormatError(f"pickle memo index {arg} far beyond its {n} opcodes")
+                memo[arg] = stack[-1] if stack else 1
+                continue
+            if name == "MEMOIZE":
+                memo[len(memo)] = stack[-1] if stack else 1
+                continue
+            if name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo.get(arg, 1))
+                continue
+            if name == "STOP":
                 return
+            if name == "MARK":
+                marks.append(len(stack))
+                continue
+            before = op.stack_before
+            children = 0
+            if mark in before:
+                at = marks.pop() if marks else 0
+                children = sum(stack[at:])
+                del stack[at:]
+                fixed = before.index(mark)
+            else:
+                fixed = len(before)
+            popped = stack[len(stack) - fixed:] if fixed else []
+            if fixed:
+                del stack[len(stack) - fixed:]
+            if name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                children, popped = sum(popped), []
+            size = min(cap, 1 + children + sum(popped))
+            if name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "FROZENSET") and size > MAX_TUPLE:
+                raise PickleFormatError(f"a tuple built from shared references expands to more than {MAX_TUPLE} values")
+            stack.extend([size] * len(op.stack_after))
     except PickleFormatError:
         raise
     except Exception as exc:  # genops on damaged data
@@ -298,7 +347,7 @@ def restricted_loads(data: bytes, persistent: bool = True) -> Any:
     except MemoryError:
         raise PickleFormatError("pickle asks for more memory than a checkpoint's metadata needs") from None
     except Exception as exc:  # truncated, corrupt, or an allowed stand-in given odd arguments
-        raise PickleFormatError(f"unreadable pickle ({type(exc).__name__}: {str(exc)[:120]})") from None
+        raise PickleFormatError(f"unreadable pickle ({_why(exc)})") from None
 
 
 @dataclass
@@ -379,7 +428,7 @@ def _legacy_or_plain(data: bytes) -> Any:
     except MemoryError:
         raise PickleFormatError("pickle asks for more memory than a checkpoint's metadata needs") from None
     except Exception as exc:
-        raise PickleFormatError(f"unreadable pickle ({type(exc).__name__}: {str(exc)[:120]})") from None
+        raise PickleFormatError(f"unreadable pickle ({_why(exc)})") from None
 
 
 MAX_NODES = 2_000_000

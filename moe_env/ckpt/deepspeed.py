@@ -46,7 +46,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from moe_env.ckpt import files as F
 from moe_env.ckpt.layouts import MAX_EXPERTS, MAX_LAYERS, census, safe_int
-from moe_env.ckpt.report import CkptReport, and_list, plural, ranges, short
+from moe_env.ckpt.report import CkptReport, and_list, brief, plural, ranges, short
 from moe_env.ckpt.torchfile import load_into, model_tensors, zip_problem
 from moe_env.ckpt_pickle import Record
 
@@ -290,7 +290,7 @@ def inspect_tag(folder: Path, matrix: Any = None, installed: Optional[str] = Non
     mp = safe_int(main.get("mp_world_size"), 1, MAX_MP) if "mp_world_size" in main else None
     for key, val, got in (("dp_world_size", main.get("dp_world_size"), dp), ("mp_world_size", main.get("mp_world_size"), mp)):
         if key in main and got is None:
-            problems.append(f"{key}={str(val)[:20]!r}")
+            problems.append(f"{key}={brief(val)}")
     pc = _max_count(osd.get("partition_count")) if "partition_count" in osd else None
     stage = _zero_stage(osd)
     if stage is None:
@@ -319,11 +319,11 @@ def inspect_tag(folder: Path, matrix: Any = None, installed: Optional[str] = Non
             if all(v is not None for v in vals):
                 moe_counts = vals  # type: ignore[assignment]
             else:
-                problems.append(f"num_experts={str(num_experts)[:40]}")
+                problems.append("num_experts=[" + ", ".join(brief(n, 12) for n in num_experts[:6]) + (", ...]" if len(num_experts) > 6 else "]"))
         else:
             old_moe = safe_int(num_experts, 1, MAX_EXPERTS)
             if old_moe is None:
-                problems.append(f"num_experts={str(num_experts)[:40]!r}")
+                problems.append(f"num_experts={brief(num_experts)}")
     elif s.experts and not main:
         layers = sorted({layer for layer, _, _ in s.experts})
         per = {}

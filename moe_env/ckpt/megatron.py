@@ -19,7 +19,7 @@ from moe_env.ckpt.layouts import (
     layout_advice,
     safe_int,
 )
-from moe_env.ckpt.report import CkptReport, plural, short
+from moe_env.ckpt.report import CkptReport, brief, plural, short
 from moe_env.ckpt.torchfile import args_of, load_into, model_tensors
 from moe_env.ckpt_pickle import MAX_DIM, PickleFormatError, Record, TensorInfo, UnsafePickleError, restricted_loads
 from moe_env.errors import UsageError
@@ -128,7 +128,7 @@ def megatron_iter(folder: Path, matrix: Any, iteration: Optional[int]) -> CkptRe
                                ("tensor_model_parallel_size", want_tp)) if v is None]
     if bad_args:
         rep.add(id="ckpt.args-unreadable", severity="error", title="The saved args hold sizes that are not numbers",
-                seen=", ".join(f"{k}={str(a.get(k))[:20]!r}" for k in bad_args),
+                seen=", ".join(f"{k}={brief(a.get(k))}" for k in bad_args),
                 why="Megatron reads these from the checkpoint's args when it loads; the rank checks were skipped.",
                 fix="this file was not written by Megatron as it is; copy it again from the save location")
         a = {}
@@ -304,13 +304,14 @@ def dcp_tensors(md: Any) -> Tuple[Dict[str, TensorInfo], Set[str]]:
                 size = size.args[0] if size.args else ()
             if not isinstance(size, (tuple, list)) or len(size) > 32 or not all(
                     isinstance(s, int) and not isinstance(s, bool) and 0 <= s < MAX_DIM for s in size):
-                raise PickleFormatError(f"tensor {str(key)[:60]!r} has a size that is not a list of sizes")
+                raise PickleFormatError(f"tensor {brief(key, 60)} has a size that is not a list of sizes")
             props = entry.get("properties")
             dtype = "?"
             if isinstance(props, Record) and isinstance(props.state, tuple) and props.state:
-                dtype = str(props.state[0]).replace("torch.", "")[:20]
+                dtype = props.state[0].replace("torch.", "")[:20] if isinstance(props.state[0], str) else "?"
             elif isinstance(props, Record) and isinstance(props.state, dict):
-                dtype = str(props.state.get("dtype", "?")).replace("torch.", "")[:20]
+                d = props.state.get("dtype", "?")
+                dtype = d.replace("torch.", "")[:20] if isinstance(d, str) else "?"
             out[str(key) if isinstance(key, str) else f"<{type(key).__name__}>"] = TensorInfo(dtype, tuple(size))
     storage = md.get("storage_data") or {}
     if isinstance(storage, dict):

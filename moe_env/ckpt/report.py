@@ -90,6 +90,20 @@ def plain(value: Any, depth: int = 0, budget: Optional[List[int]] = None) -> Any
     return f"<{type(value).__name__}>"
 
 
+def brief(v: Any, limit: int = 40) -> str:
+    """A short, safe rendering of an untrusted value for a message: never str()/repr() of a container
+    (a pickled shared-reference structure can be exponentially large when printed)."""
+    if v is None or isinstance(v, (bool, int, float)):
+        text = str(v) if not isinstance(v, int) or abs(v) < 10 ** 30 else "<a very large integer>"
+    elif isinstance(v, str):
+        text = repr(v[:limit])
+    elif isinstance(v, (list, tuple, dict, set, frozenset)):
+        text = f"<{type(v).__name__} of {len(v)}>"
+    else:
+        text = f"<{type(v).__name__}>"
+    return printable(text[:limit + 10])
+
+
 def _key(k: Any) -> str:
     if isinstance(k, str):
         return printable(k[:200])

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from moe_env.ckpt import files as F
 from moe_env.ckpt._untrusted import UntrustedInput, json_loads
 from moe_env.ckpt.layouts import census, expert_findings, hf_expectations, layer_findings, layout_advice
-from moe_env.ckpt.report import CkptReport, and_list, plural, short
+from moe_env.ckpt.report import CkptReport, brief, plural, short
 from moe_env.ckpt.torchfile import read_pt, model_tensors
 from moe_env.ckpt_pickle import TensorInfo
 from moe_env.errors import UsageError
@@ -209,7 +209,7 @@ def xtuner_notes(rep: CkptReport, config: Dict[str, Any]) -> None:
         rep.add(
             id="ckpt.xtuner-shard-config", severity="warning",
             title="config.json still asks for XTuner's shard MoE",
-            seen=f"moe_implementation={config.get('moe_implementation')!r}, expert_in_one_shard={str(config.get('expert_in_one_shard'))[:20]}",
+            seen=f"moe_implementation='shard', expert_in_one_shard={brief(config.get('expert_in_one_shard'))}",
             why="XTuner's model classes build merged expert shards (experts.S.w1w3) from this config, while Hugging Face "
                 "loaders and inference engines expect per-expert weights; shard MoE is a training-time format. "
                 "XTuner's HFCheckpointHook un-merges the weights of hf_model/ but saves the training config as it is.",
