@@ -1,8 +1,9 @@
 """Run the probe script inside a target interpreter and turn its JSON into an Environment.
 
-The script (target.py) runs as `PYTHON -I -c <load target.py> --stdin`, the way uv queries interpreters:
-isolated from the user's PYTHON* variables and the current directory, so nothing but the target's
-own site-packages is seen. The caller's PYTHONPATH is handed over explicitly (as `extra_paths`),
+The script (target.py) runs as `PYTHON -I -S -c <load target.py> --stdin`, the way uv queries interpreters:
+isolated from the user's PYTHON* variables and the current directory, and without site.py, so no
+`.pth` line, sitecustomize or usercustomize of the target runs; target.py computes the search path
+site.py would have built (target_site_paths). The caller's PYTHONPATH is handed over explicitly (as `extra_paths`),
 because a training run started from the same shell would see it.
 """
 
@@ -61,7 +62,7 @@ def _extra_paths() -> List[str]:
 def run_target(python: str, symbols: Iterable[str], timeout: float) -> dict:
     """Run target.py under `python`; return its JSON object or raise a one-line MoeEnvError."""
     request = json.dumps({"symbols": list(symbols), "extra_paths": _extra_paths()})
-    cmd = [python, "-I", "-c", _BOOTSTRAP.format(path=str(TARGET)), "--stdin"]
+    cmd = [python, "-I", "-S", "-c", _BOOTSTRAP.format(path=str(TARGET)), "--stdin"]
     try:
         proc = subprocess.run(cmd, input=request, capture_output=True, text=True, timeout=timeout,
                               errors="replace")
