@@ -183,6 +183,38 @@ def test_installed_deepspeed_older_than_writer(tmp_path):
     assert doc["facts"]["installed_deepspeed"] == "0.17.1"
 
 
+def test_universal_checkpoint(tmp_path):
+    import shutil
+
+    from ckpt_support import write_torch_zip
+
+    root = write_deepspeed_save(tmp_path / "save", moe_layers=0, stage=2, bf16=True, latest=None)
+    uni = root / "global_step100_universal"
+    uni.mkdir()
+    shutil.copy(root / "global_step100" / "mp_rank_00_model_states.pt", uni)
+    for param in ("model.embed_tokens.weight", "model.layers.0.mlp.gate_proj.weight"):
+        for state in ("fp32", "exp_avg", "exp_avg_sq"):
+            write_torch_zip(uni / "zero" / param / f"{state}.pt", {"param": None})
+    (root / "latest_universal").write_text(uni.name)
+    r = inspect_checkpoint(str(root))
+    assert r.complete, r.findings
+    assert r.facts["tag"] == uni.name and r.facts["universal"] and r.facts["universal_params"] == 2
+    assert "load_universal" in r.facts["loads_with_text"]
+    (uni / "zero" / "model.embed_tokens.weight" / "exp_avg.pt").unlink()
+    f = finding(inspect_checkpoint(str(root)), "ckpt.ds-universal-incomplete")
+    assert "model.embed_tokens.weight lacks exp_avg.pt" in f.seen
+
+
+def test_symlinked_tag_outside_the_save_is_not_followed(tmp_path):
+    write_deepspeed_save(tmp_path / "elsewhere")
+    root = tmp_path / "save"
+    root.mkdir()
+    (root / "global_step100").symlink_to(tmp_path / "elsewhere" / "global_step100")
+    (root / "latest").write_text("global_step100")
+    r = inspect_checkpoint(str(root))
+    assert "ckpt.ds-latest-missing" in ids(r)
+
+
 # ------------------------------------------------------------------ HF Trainer checkpoint-N
 
 
@@ -352,3 +384,17 @@ def test_deepspeed_moe_save_written_by_real_torch(tmp_path):
     (tmp_path / "save" / "global_step7" / "layer_0_expert_2_mp_rank_00_model_states.pt").unlink()
     f = finding(inspect_checkpoint(str(tmp_path / "save")), "ckpt.ds-experts-missing")
     assert "layer 0: expert 2 missing of 4" in f.seen
+
+
+def test_wording_singular_and_loader_of_a_plain_hf_folder(tmp_path):
+    from ckpt_support import write_safetensors
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "mixtral", "num_hidden_layers": 1, "num_local_experts": 2}))
+    write_safetensors(folder / "model.safetensors", mixtral_tensors(1, 2))
+    p = cli("ckpt", str(folder))
+    assert p.returncode == 0, p.stdout
+    assert "1 layer with experts" in p.stdout and "1 layers" not in p.stdout
+    assert "loads with: transformers" in p.stdout and "loads with (xtuner)" not in p.stdout
+    assert "in 1 file" in p.stdout

@@ -142,7 +142,7 @@ def tag_dirs(root: Path, limit: int = 4096) -> List[Path]:
         return []
     for e in entries:
         try:
-            if e.is_dir() and is_tag(Path(e.path)):
+            if e.is_dir() and F.within(root, Path(e.path)) and is_tag(Path(e.path)):
                 out.append(Path(e.path))
         except OSError:
             continue
@@ -167,17 +167,20 @@ def inspect_root(root: Path, matrix: Any = None, installed: Optional[str] = None
     newest complete one when the chosen one is not."""
     tags = tag_dirs(root)
     latest_tag = read_latest(root)
+    latest_name = "latest"
+    if latest_tag is None and (root / "latest_universal").exists():
+        latest_tag, latest_name = read_latest(root, "latest_universal"), "latest_universal"
     chosen: Optional[Path] = None
     note = None
     if latest_tag is not None:
         cand = root / latest_tag if _simple(latest_tag) else None
-        if cand is None or not cand.is_dir():
+        if cand is None or not cand.is_dir() or not F.within(root, cand):
             rep = CkptReport(path=str(root), format=fmt, loader="deepspeed")
             rep.facts["latest"] = latest_tag
             newest = _newest_complete(tags, matrix, installed)
             rep.add(id="ckpt.ds-latest-missing", severity="error",
-                    title=f"`latest` names {latest_tag}, which is absent",
-                    seen=f"latest: {latest_tag}; tags present: {short([t.name for t in tags], 6) or 'none'}"
+                    title=f"`{latest_name}` names {latest_tag}, which is absent",
+                    seen=f"{latest_name}: {latest_tag}; tags present: {short([t.name for t in tags], 6) or 'none'}"
                          + (f"; newest complete: {newest.name}" if newest else ""),
                     why="load_checkpoint(SAVE_DIR) without tag= reads `latest` and loads that tag; its files are gone "
                         "(a save that was cleaned up, or a copy of only some tags).",
@@ -363,13 +366,17 @@ def inspect_tag(folder: Path, matrix: Any = None, installed: Optional[str] = Non
     if stage == 3:
         expected += [s.z3model.get((d, m)) or f"zero_pp_rank_{d}_mp_rank_{m:02d}_model_states.pt" for m in mp_ranks for d in range(dp)]
     zero_expected: Dict[Tuple[int, int], str] = {}
-    if s.zero or (stage or 0) >= 1:
+    if s.universal:
+        _universal(rep, folder)
+    elif s.zero or (stage or 0) >= 1:
         prefix = "bf16_" if (True in s.bf16_prefix or (not s.bf16_prefix and bf16)) else ""
         for m in mp_ranks:
             for d in range(dp):
                 zero_expected[(d, m)] = s.zero.get((d, m)) or f"{prefix}zero_pp_rank_{d}_mp_rank_{m:02d}_optim_states.pt"
     expert_expected: Dict[Tuple[int, int, int], str] = {}
-    if moe_counts and not bad_meta and sum(moe_counts) * mp <= MAX_FILES:
+    if s.universal:
+        pass  # ds_to_universal keeps every parameter, experts included, under zero/
+    elif moe_counts and not bad_meta and sum(moe_counts) * mp <= MAX_FILES:
         for layer, n in enumerate(moe_counts):
             for e in range(n):
                 for m in mp_ranks:
@@ -380,7 +387,7 @@ def inspect_tag(folder: Path, matrix: Any = None, installed: Optional[str] = Non
             for m in mp_ranks:
                 expert_expected[(-1, e, m)] = s.old_experts.get((e, m)) or f"expert_{e}_mp_rank_{m:02d}_model_states.pt"
     expp_expected: List[str] = []
-    if is_moe and not s.zero and (stage or 0) == 0:  # without ZeRO the optimizer states live in expp_rank_* files
+    if is_moe and not s.zero and (stage or 0) == 0 and not s.universal:  # without ZeRO the optimizer states live in expp_rank_* files
         for r in range(ep or 1):
             for m in mp_ranks:
                 expp_expected.append(s.expp.get((r, m)) or f"expp_rank_{r}_mp_rank_{m:02d}_optim_states.pt")
@@ -546,3 +553,39 @@ def _advice(rep: CkptReport, save_dir: Path, folder: Path, is_moe: bool, stage: 
     rep.facts["loads_with_releases"] = (
         "every DeepSpeed release from 0.9.5 to 0.19.x names and reads these files the same way"
         + (f"; written by {ds_version}" if ds_version else ""))
+
+
+UNIVERSAL_STATES = ("fp32.pt", "exp_avg.pt", "exp_avg_sq.pt")
+
+
+def _universal(rep: CkptReport, folder: Path) -> None:
+    """TAG/zero/PARAM/{fp32,exp_avg,exp_avg_sq}.pt for every parameter (ds_to_universal.py:274-276);
+    names only, nothing opened."""
+    zero = folder / "zero"
+    short_of: List[str] = []
+    params = 0
+    try:
+        entries = list(os.scandir(zero))[:MAX_FILES]
+    except OSError:
+        entries = []
+    for e in entries:
+        try:
+            if not e.is_dir():
+                continue
+            have = {x.name for x in os.scandir(e.path)}
+        except OSError:
+            continue
+        params += 1
+        gone = [n for n in UNIVERSAL_STATES if n not in have]
+        if gone:
+            short_of.append(f"{e.name} lacks {', '.join(gone)}")
+    rep.facts["universal_params"] = params
+    if not params or short_of:
+        rep.add(id="ckpt.ds-universal-incomplete", severity="error",
+                title=("A universal checkpoint without parameter folders" if not params else
+                       f"{len(short_of)} of {plural(params, 'parameter folder')} in zero/ incomplete"),
+                seen="; ".join(short_of[:4]) + (" ..." if len(short_of) > 4 else "") if short_of else f"{zero.name}/ is empty",
+                why="A universal checkpoint keeps each parameter's fp32 weights and Adam moments in zero/PARAM/; loading "
+                    "with \"load_universal\": true reads all three for every parameter.",
+                fix="run ds_to_universal.py again on the original save",
+                sources=["release:deepspeed==0.16.9:deepspeed/checkpoint/ds_to_universal.py:274-276"])

@@ -85,6 +85,12 @@ def check(root: Path, rel: str) -> FileCheck:
     return fc
 
 
+def within(root: Path, sub: Path) -> bool:
+    """`sub` (a tag or iteration folder) resolves inside `root`: a symlinked one never takes the reads elsewhere."""
+    base = os.path.realpath(root)
+    return (os.path.realpath(sub) + os.sep).startswith(base.rstrip(os.sep) + os.sep)
+
+
 def sniff(head: bytes, size: int) -> Optional[Tuple[str, str]]:
     """A stub in place of a weight file: zero bytes, a git-lfs pointer, an HTML/XML error page."""
     if size == 0:

@@ -47,7 +47,7 @@ def iter_dirs(root: Path) -> List[Path]:
         if iter_of(p.name) is None:
             continue
         try:
-            if p.is_dir():
+            if p.is_dir() and F.within(root, p):
                 out.append(p)
         except OSError:
             continue
@@ -74,8 +74,9 @@ def megatron_root(root: Path, matrix: Any) -> CkptReport:
         if not iters:
             raise UsageError(f"{root}: no {TRACKER} and no iter_* folder")
         sub, iteration = iters[-1], iter_of(iters[-1].name)
+        text = ""
         note = f"no {TRACKER}; inspected the newest folder, {sub.name}"
-    if not sub.is_dir():
+    if not sub.is_dir() or not F.within(root, sub):
         rep = CkptReport(path=str(root), format="megatron-legacy", loader="megatron")
         rep.facts["iteration"] = iteration
         others = [p.name for p in iter_dirs(root)]

@@ -22,6 +22,7 @@ from moe_env.ckpt.layouts import census, expert_findings, safe_int
 from moe_env.ckpt.report import CkptReport, short
 from moe_env.ckpt.torchfile import load_into, model_tensors
 
+XTUNER = "InternLM/xtuner@94a4fcb0f53d63ceb85334bb456c073251669ccb"  # v0.1.23
 ITER_PTH = re.compile(r"(?a)^(?:iter|epoch)_(\d{1,12})\.pth$")
 
 
@@ -95,5 +96,7 @@ def inspect_save(p: Path, matrix: Any = None, installed: Optional[str] = None) -
 def _convert_hint(rep: CkptReport, p: Path) -> None:
     rep.add(id="ckpt.xtuner-convert", severity="info", title="Convert to a Hugging Face folder with XTuner",
             seen=f"{p.name}: XTuner training checkpoint ({'DeepSpeed folder' if p.is_dir() else 'single file'})",
-            why="from_pretrained does not read XTuner's iter_N.pth; XTuner's converter merges it with the training config.",
-            fix=f"xtuner convert pth_to_hf CONFIG.py {p} ./hf_model")
+            why="from_pretrained does not read XTuner's iter_N.pth; XTuner's converter reads it with the training config "
+                "(a DeepSpeed folder through its zero_to_any_dtype, a single file's state_dict directly).",
+            fix=f"xtuner convert pth_to_hf CONFIG.py {p} ./hf_model",
+            sources=[f"{XTUNER}:README.md:228", f"{XTUNER}:xtuner/model/utils.py:297-317 guess_load_checkpoint"])

@@ -90,7 +90,7 @@ def run(args) -> int:
         head.append("  deepspeed: " + ", ".join(f"{k}={v}" for k, v in ds.items() if v is not None))
     loader = {"transformers": "transformers (AutoModel*.from_pretrained)", "megatron": "Megatron-LM (--load)",
               "deepspeed": facts.get("loads_with_text") or "deepspeed engine.load_checkpoint",
-              "xtuner": "XTuner (xtuner convert pth_to_hf, or its shard-MoE model classes)",
+              "xtuner": "XTuner (resume with load_from/resume, xtuner convert pth_to_hf; merged layouts: its shard-MoE classes)",
               "torch": "torch.load"}.get(report.loader, report.loader)
     if loader:
         head.append(f"  loads with: {loader}")
