@@ -101,7 +101,11 @@ def census(tensors: Dict[str, TensorInfo], offset: int = 0) -> Dict[str, ExpertC
 
 
 def safe_int(value: Any, lo: int, hi: int) -> Optional[int]:
-    """An untrusted number (config.json, pickled args) as an int within [lo, hi], or None."""
+    """An untrusted number (config.json, pickled args) as an int within [lo, hi], or None.
+    Only scalars reach as_int, whose message would repr() the value: a pickled shared-reference list
+    is exponentially long as text."""
+    if not isinstance(value, (int, float, str)) or (isinstance(value, str) and len(value) > 64):
+        return None
     try:
         return as_int(value, lo=lo, hi=hi, what="value")
     except UntrustedInput:

@@ -38,8 +38,10 @@ def read_safetensors_header(path: Path) -> Tuple[Dict[str, TensorInfo], Optional
             if len(raw) < 8:
                 return {}, "shorter than the 8-byte header length"
             (n,) = struct.unpack("<Q", raw)
-            if n > MAX_HEADER or n + 8 > size:
-                return {}, f"header length {n} does not fit a {size}-byte file (truncated or not safetensors)"
+            if n > MAX_HEADER:  # never echo those 8 bytes: they are text or data, not a length
+                return {}, "the first 8 bytes are not a header length: not a safetensors file"
+            if n + 8 > size:
+                return {}, f"header length {n} does not fit a {size}-byte file (truncated copy)"
             header = json_loads(fh.read(n), what="safetensors header", max_depth=16)
     except OSError as exc:
         return {}, f"unreadable ({exc.strerror or type(exc).__name__})"
