@@ -304,3 +304,53 @@ def test_xtuner_and_trainer_with_hostile_json(tmp_path):
     (folder / "trainer_state.json").write_text("[" * 100000)
     sane(cli(str(folder)))
     assert pth.exists()
+
+
+# ------------------------------------------------------------------ property: hostile DeepSpeed folders
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from moe_env.errors import UsageError  # noqa: E402
+
+_WEIRD = st.one_of(st.none(), st.booleans(), st.integers(-2, 2), st.integers(10 ** 6, 10 ** 40), st.floats(allow_nan=True),
+                   st.text(max_size=12), st.lists(st.integers(-1, 9), max_size=4), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+@st.composite
+def ds_cases(draw):
+    return {
+        "dp": draw(st.integers(1, 4)), "experts": draw(st.integers(1, 4)), "layers": draw(st.integers(0, 3)),
+        "stage": draw(st.sampled_from([0, 1, 2, 3])), "bf16": draw(st.booleans()),
+        "latest": draw(st.sampled_from(["", None, "global_step999", "../x", "\x1b[2J", "global_step100\n\n"])),
+        "drop": draw(st.integers(0, 6)), "stub": draw(st.sampled_from([None, b"", b"version https://git-lfs.github.com/spec/v1\n",
+                                                                       b"<html>", b"PK\x03\x04junk", b"\x80\x02]r\xff\xff\xff\xff."])),
+        "meta": draw(st.dictionaries(st.sampled_from(["dp_world_size", "mp_world_size", "num_experts", "ds_version",
+                                                      "global_steps", "ds_config", "meta"]), _WEIRD, max_size=3)),
+    }
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(ds_cases())
+def test_hostile_deepspeed_folders_never_crash(tmp_path_factory, case):
+    from moe_env.render import render_findings
+
+    root = tmp_path_factory.mktemp("ds")
+    write_deepspeed_save(root, dp=case["dp"], moe_layers=case["layers"], experts=case["experts"], stage=case["stage"],
+                         bf16=case["bf16"], latest=case["latest"])
+    tag = root / "global_step100"
+    files = sorted(tag.iterdir())
+    for f in files[: case["drop"]]:
+        f.unlink()
+    rest = sorted(tag.iterdir())
+    if case["stub"] is not None and rest:
+        rest[-1].write_bytes(case["stub"])
+    if case["meta"] and (tag / "mp_rank_00_model_states.pt").exists():
+        write_torch_zip(tag / "mp_rank_00_model_states.pt", dict({"module": {}}, **case["meta"]))
+    try:
+        r = inspect_checkpoint(str(root))
+    except UsageError:
+        return
+    json.dumps(r.to_dict())
+    text = render_findings(r.findings)
+    assert "\x1b" not in text and "\x1b" not in json.dumps(r.to_dict(), ensure_ascii=False)
