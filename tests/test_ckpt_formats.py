@@ -103,6 +103,14 @@ def test_deepspeed_latest_names_missing_tag(tmp_path):
     assert p.returncode == 1 and "global_step200" in p.stdout
 
 
+def test_deepspeed_latest_names_an_empty_tag_folder(tmp_path):
+    root = write_deepspeed_save(tmp_path / "save", tag="global_step100")
+    (root / "global_step200").mkdir()
+    (root / "latest").write_text("global_step200")
+    f = finding(inspect_checkpoint(str(root)), "ckpt.ds-latest-missing")
+    assert "holds no DeepSpeed files" in f.title and "global_step100" in f.fix
+
+
 def test_deepspeed_latest_names_partial_tag_and_newest_complete_is_named(tmp_path):
     root = write_deepspeed_save(tmp_path / "save", tag="global_step100")
     write_deepspeed_save(root, tag="global_step200", drop=["mp_rank_00_model_states.pt"])

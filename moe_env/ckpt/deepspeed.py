@@ -174,12 +174,13 @@ def inspect_root(root: Path, matrix: Any = None, installed: Optional[str] = None
     note = None
     if latest_tag is not None:
         cand = root / latest_tag if _simple(latest_tag) else None
-        if cand is None or not cand.is_dir() or not F.within(root, cand):
+        empty = cand is not None and cand.is_dir() and F.within(root, cand) and not is_tag(cand)
+        if cand is None or not cand.is_dir() or not F.within(root, cand) or empty:
             rep = CkptReport(path=str(root), format=fmt, loader="deepspeed")
             rep.facts["latest"] = latest_tag
             newest = _newest_complete(tags, matrix, installed)
             rep.add(id="ckpt.ds-latest-missing", severity="error",
-                    title=f"`{latest_name}` names {latest_tag}, which is absent",
+                    title=f"`{latest_name}` names {latest_tag}, which " + ("holds no DeepSpeed files" if empty else "is absent"),
                     seen=f"{latest_name}: {latest_tag}; tags present: {short([t.name for t in tags], 6) or 'none'}"
                          + (f"; newest complete: {newest.name}" if newest else ""),
                     why="load_checkpoint(SAVE_DIR) without tag= reads `latest` and loads that tag; its files are gone "

@@ -133,7 +133,7 @@ def inspect_trainer(folder: Path, matrix: Any = None, installed: Optional[str] =
         rng = sorted(p.name for p in folder.iterdir() if _RNG_RE.match(p.name))
     except OSError:
         pass
-    for n in rng:
+    for n in rng + (["training_args.bin"] if (folder / "training_args.bin").exists() else []):
         comp.want(n)
     ranks = sorted(int(m.group(1)) for n in rng for m in [_RNG_RE.match(n)] if m and m.group(1))
     if ranks and ranks != list(range(ranks[-1] + 1)):
