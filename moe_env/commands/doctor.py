@@ -53,7 +53,37 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def start_early(argv):
+    """Start the probe from the raw command line, before argparse (see cli.main); None when it cannot be known yet.
+
+    Only `--python X` / `--python=X` are read here; anything unusual (help, --from-json, an abbreviated
+    option) leaves it to the normal path, and run() checks the interpreter is the one parsed.
+    """
+    if any(a in ("-h", "--help") or a.startswith("--from") for a in argv):
+        return None
+    python = None
+    for i, a in enumerate(argv):
+        if a == "--":
+            break
+        if a == "--python" and i + 1 < len(argv):
+            python = argv[i + 1]
+        elif a.startswith("--python="):
+            python = a.split("=", 1)[1]
+    from moe_env.probe.runner import ProbeRun, resolve_python
+
+    return ProbeRun(resolve_python(python))
+
+
 def run(args) -> int:
+    early = getattr(args, "early_probe", None)
+    try:
+        return _run(args, early)
+    finally:
+        if early is not None:
+            early.kill()  # a no-op once collected
+
+
+def _run(args, early) -> int:
     import sys
 
     from moe_env.checks import detect_projects, resolve_project, resolve_variants, run_checks
@@ -81,7 +111,7 @@ def run(args) -> int:
             project = matrix.project(saved.project)
         variants = list(args.model) or (list(saved.variants) if project and saved.project == project.name else [])
     else:
-        env = _probe(args, matrix, project)
+        env = _probe(args, matrix, project, early)
         variants = list(args.model)
 
     notes = []
@@ -118,16 +148,20 @@ def run(args) -> int:
     return exit_code(findings, args.strict)
 
 
-def _probe(args, matrix, project):
+def _probe(args, matrix, project, early=None):
     """Run the probe in the target interpreter (it validates --python and turns failures into one line).
 
     Only the symbols the project's checks need are looked up (every project's when none is named, so
     detection and a later --from-json for any project still have them).
     """
     from moe_env.checks import symbols_needed
-    from moe_env.probe.runner import probe_environment
+    from moe_env.probe.runner import probe_environment, resolve_python
 
-    env = probe_environment(args.python, symbols_needed(matrix, project), build_mode=args.build, timeout=args.timeout)
+    if early is not None and early.python != resolve_python(args.python):
+        early.kill()  # the pre-scan of the command line guessed another interpreter
+        early = None
+    env = probe_environment(args.python, symbols_needed(matrix, project), build_mode=args.build, timeout=args.timeout,
+                            started=early)
     if args.build:
         env.host.build_mode = True
     return env
