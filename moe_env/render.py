@@ -6,7 +6,7 @@ Nothing here decides anything; it only lays out what checks returned.
 from __future__ import annotations
 
 import textwrap
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from moe_env.findings import Finding, sort_findings, summarize
 from moe_env.term import paint
@@ -18,13 +18,22 @@ _GROUPS = [
 ]
 
 
+# findings printed as one line each, like `uv pip check` (their why and source are the same for all)
+COMPACT = ("deps.missing", "deps.conflict")
+
+
 def render_findings(findings: Iterable[Finding], color: bool = False, header: Optional[str] = None,
-                    width: int = 100) -> str:
-    """The text report: a header line, findings grouped by severity (deferred ones last), a summary line."""
+                    width: int = 100, facts: Sequence[Tuple[str, str]] = (), fix_all: Optional[str] = None) -> str:
+    """The text report: a header line, the environment's facts, findings grouped by severity (deferred ones
+    last), a summary line, and the one command that applies every requirement fix."""
     items = sort_findings(findings)
     lines: List[str] = []
     if header:
         lines.append(paint(header, "bold", color))
+        lines.append("")
+    if facts:
+        wide = max(len(k) for k, _ in facts)
+        lines.extend(f"  {k + ':':<{wide + 1}} {v}" for k, v in facts)
         lines.append("")
     active = [f for f in items if not f.deferred]
     deferred = [f for f in items if f.deferred]
@@ -33,8 +42,17 @@ def render_findings(findings: Iterable[Finding], color: bool = False, header: Op
         if not group:
             continue
         lines.append(paint(f"{label} ({len(group)})", colour, color))
+        compact = [f for f in group if f.id in COMPACT]
         for f in group:
+            if f.id in COMPACT:
+                continue
             lines.extend(_finding_lines(f, mark, colour, color, width))
+        if compact:
+            for f in compact:
+                lines.append(f"  {paint(mark, colour, color)} {f.title}  {paint('[' + f.id + ']', 'dim', color)}")
+            lines.extend(_wrapped("why", compact[0].why, width))
+            for src in dict.fromkeys(s for f in compact for s in f.sources):
+                lines.extend(_wrapped("source", src, width))
         lines.append("")
     if deferred:
         lines.append(paint(f"Deferred to the node ({len(deferred)}): no driver/GPU at build time", "dim", color))
@@ -42,6 +60,10 @@ def render_findings(findings: Iterable[Finding], color: bool = False, header: Op
             lines.extend(_finding_lines(f, "…", "dim", color, width))
         lines.append("")
     lines.append(summary_line(items, color))
+    if fix_all:
+        lines.append("")
+        lines.append(paint("Fix (all requirement fixes above, in one command):", "bold", color))
+        lines.append(f"  {fix_all}")
     return "\n".join(lines) + "\n"
 
 

@@ -68,8 +68,10 @@ def test_scenario_mgm_8x7b_zero3_deepspeed_without_set_z3_leaf_modules(venv_fact
     assert "deepspeed 0.12.6" in leaf["seen"] and "set_z3_leaf_modules" in leaf["seen"]
     assert any(s.startswith("dvlab-research/MGM@") and "mgm/train/train.py:1130" in s for s in leaf["sources"])
     assert any(s.startswith("release:deepspeed==0.13.0") for s in leaf["sources"])
-    assert "deepspeed>=0.13.0" in leaf["fix"]
-    assert "minigemini.mgm-deepspeed-8x7b-range" in errors(doc)
+    # one finding for the one problem: the known-good range check is merged into it, with one range and one fix
+    assert "deepspeed>=0.13.2,<=0.14.5" in leaf["fix"] and leaf["requirement"] == "deepspeed>=0.13.2,<=0.14.5"
+    assert "minigemini.mgm-deepspeed-8x7b-range" in leaf["seen"]
+    assert "minigemini.mgm-deepspeed-8x7b-range" not in found
 
     # the fix the finding gives: 0.13.2, which re-exports the function from z3_leaf_module.py
     fixed = mgm_venv(venv_factory(), deepspeed="0.13.2", z3_leaf=True)

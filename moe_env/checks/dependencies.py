@@ -70,15 +70,19 @@ def unsatisfied_requirements(ctx: Context) -> List[Finding]:
                 except (InvalidMarker, UndefinedComparison, UndefinedEnvironmentName):
                     continue
             dep = env.dist(req.name)
-            wanted = f"{req.name}{req.specifier}"
+            name = normalize_name(req.name)  # huggingface_hub and huggingface-hub are one distribution
+            wanted = f"{name}{req.specifier}"
+            if dep is None and name == "torch" and env.torch is None:
+                continue  # torch.missing speaks for it, once
             if dep is None:
                 out.append(Finding(
                     id="deps.missing", severity="warning",
-                    title=f"{d.name} needs {req.name}, which is not installed",
+                    title=f"The package `{d.name}` requires `{wanted}`, but it's not installed",
                     seen=f"{d.name} {d.version} requires {wanted}, which is not installed",
                     why="Imports of the missing package fail at run time (`pip check` reports the same).",
                     fix=f"pip install '{wanted}'",
                     sources=[SRC_PIP_CHECK],
+                    requirement=wanted,
                 ))
                 continue
             if not str(req.specifier):
@@ -87,12 +91,13 @@ def unsatisfied_requirements(ctx: Context) -> List[Finding]:
             if ok is False:
                 out.append(Finding(
                     id="deps.conflict", severity="warning",
-                    title=f"{d.name} needs {wanted}; {dep.name} {dep.version} is installed",
+                    title=f"The package `{d.name}` requires `{wanted}`, but `{dep.name}=={dep.version}` is installed",
                     seen=f"{d.name} {d.version} requires {wanted}, but {dep.name} {dep.version} is installed",
                     why="The package was released against other versions; it may fail or misbehave "
                         "(`pip check` reports the same).",
                     fix=f"pip install '{wanted}'  (or a {d.name} release that accepts {dep.name} {dep.version})",
                     sources=[SRC_PIP_CHECK],
+                    requirement=wanted,
                 ))
     return out
 

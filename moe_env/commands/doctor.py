@@ -130,11 +130,28 @@ def _run(args, early) -> int:
                 fix=f"moe-env doctor {found[0][0].name}  (name the project)",
             ))
     chosen = resolve_variants(project, variants)
+    if project is not None and not variants and len(chosen) > 1:
+        from moe_env.checks import served_variants
+
+        served, unserved = served_variants(env, matrix, project)
+        if served and unserved:
+            chosen = served
+            notes.append(Finding(
+                id="doctor.variants-served", severity="info",
+                title=f"Judged the variants this stack serves: {', '.join(v.id for v in served)}",
+                seen=f"without --model; {', '.join(v.id for v in unserved)} fail(s) a rule of their own here",
+                why="Each variant has its own needs (DeepSeek-V2 pins XTuner 0.1.20-0.1.23 and transformers 4.40-4.45); "
+                    "judging all of them would report another model's needs.",
+                fix=f"moe-env doctor {project.name} --model {unserved[0].id}  (to judge that one)",
+            ))
     findings = run_checks(env, matrix, project, chosen, detect=False) + notes
     if args.lockfile:
         from moe_env.checks.lockfile import lockfile_findings
 
-        findings += lockfile_findings(env, _read_lockfile(args.lockfile))
+        locked = lockfile_findings(env, _read_lockfile(args.lockfile))
+        # a package the lockfile pins and the environment lacks is one problem: the lockfile's finding says it
+        gone = {f.requirement.split("==")[0] for f in locked if f.id == "lock.missing" and f.requirement}
+        findings = [f for f in findings if not (f.id == "deps.missing" and _req_name(f.requirement) in gone)] + locked
     from moe_env.findings import sort_findings
 
     findings = sort_findings(findings)
@@ -143,8 +160,11 @@ def _run(args, early) -> int:
     if args.json:
         sys.stdout.write(report.to_json(strict=args.strict))
     else:
+        from moe_env.summary import combined_fix, environment_summary
+
         color = use_color(sys.stdout)
-        sys.stdout.write(render_findings(findings, color=color, header=_header(report, project, args.from_json)))
+        sys.stdout.write(render_findings(findings, color=color, header=_header(report, project, args.from_json),
+                                         facts=environment_summary(env, matrix), fix_all=combined_fix(findings, env)))
     return exit_code(findings, args.strict)
 
 
@@ -165,6 +185,13 @@ def _probe(args, matrix, project, early=None):
     if args.build:
         env.host.build_mode = True
     return env
+
+
+def _req_name(requirement: str) -> str:
+    from moe_env.checks.merge import split_requirement
+
+    req = split_requirement(requirement)
+    return req[0] if req else ""
 
 
 def _read_lockfile(path):
