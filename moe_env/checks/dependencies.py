@@ -10,10 +10,8 @@ from __future__ import annotations
 import re
 from typing import List
 
-from packaging.markers import InvalidMarker, UndefinedComparison, UndefinedEnvironmentName
-from packaging.requirements import InvalidRequirement, Requirement
-
 from moe_env.checks.facts import marker_environment, parse_version, spec_contains
+from moe_env.checks.requirements import Unparsed, evaluate, parse
 from moe_env.checks.registry import Context, generic
 from moe_env.environment import normalize_name
 from moe_env.findings import Finding
@@ -60,15 +58,11 @@ def unsatisfied_requirements(ctx: Context) -> List[Finding]:
             if _EXTRA_ONLY.search(line) and " or " not in line:
                 continue
             try:
-                req = Requirement(line)
-            except InvalidRequirement:
+                req = parse(line)
+            except Unparsed:
                 continue  # garbage in someone's METADATA is not this environment's problem
-            if req.marker is not None:
-                try:
-                    if not req.marker.evaluate(marker_env):
-                        continue
-                except (InvalidMarker, UndefinedComparison, UndefinedEnvironmentName):
-                    continue
+            if req.marker is not None and not evaluate(req.marker, marker_env):
+                continue  # False, or a marker that cannot be judged
             dep = env.dist(req.name)
             name = normalize_name(req.name)  # huggingface_hub and huggingface-hub are one distribution
             wanted = f"{name}{req.specifier}"
@@ -85,9 +79,9 @@ def unsatisfied_requirements(ctx: Context) -> List[Finding]:
                     requirement=wanted,
                 ))
                 continue
-            if not str(req.specifier):
+            if not req.specifier:
                 continue
-            ok = spec_contains(str(req.specifier), dep.version)
+            ok = spec_contains(req.specifier, dep.version)
             if ok is False:
                 out.append(Finding(
                     id="deps.conflict", severity="warning",
@@ -177,8 +171,8 @@ def release_requirements(ctx: Context) -> List[Finding]:
             if _EXTRA_ONLY.search(line):
                 continue
             try:
-                declared.add(normalize_name(Requirement(line).name))
-            except InvalidRequirement:
+                declared.add(normalize_name(parse(line).name))
+            except Unparsed:
                 continue
         for dep, spec in sorted(row.requires.items()):
             dep_n = normalize_name(dep)
