@@ -71,6 +71,7 @@ def _command_of(argv: List[str]) -> Optional[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    _guard_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     only = _command_of(argv)
     early = None
@@ -96,29 +97,86 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return code
     except MoeEnvError as exc:
-        print(f"moe-env: error: {exc}", file=sys.stderr)
+        _error(f"moe-env: error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        print("moe-env: interrupted", file=sys.stderr)
+        _error("moe-env: interrupted")
         return 130
     except BrokenPipeError:
-        # the reader went away (`moe-env ... | head`); not an error worth a message
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
+        # the reader went away (`moe-env ... | head`): not an error worth a message
+        _silence_stdout()
         return 0
+    except OSError as exc:
+        if _is_stdout_failure(exc):
+            _silence_stdout()
+            _error(f"moe-env: error: cannot write to standard output ({exc.strerror or exc})")
+            return 2
+        return _internal(exc)
     except Exception as exc:  # never a traceback for a user; MOE_ENV_DEBUG=1 shows it
-        if os.environ.get("MOE_ENV_DEBUG"):
-            raise
-        print(
-            f"moe-env: internal error: {type(exc).__name__}: {exc} "
-            "(rerun with MOE_ENV_DEBUG=1 for a traceback, and please report it)",
-            file=sys.stderr,
-        )
-        return 4
+        return _internal(exc)
+
+
+def _guard_streams() -> None:
+    """A closed stdout/stderr (`>&-`) becomes /dev/null, and text that the terminal's encoding cannot show
+    is escaped instead of raising UnicodeEncodeError halfway through a report."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
+            continue
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
+def _is_stdout_failure(exc: OSError) -> bool:
+    """An OSError that came from writing stdout (a full disk, /dev/full, a closed descriptor)."""
+    import errno
+
+    if exc.errno not in (errno.ENOSPC, errno.EBADF, errno.EIO, errno.EDQUOT, errno.EFBIG):
+        return False
+    try:
+        sys.stdout.flush()
+    except OSError:
+        return True
+    return exc.filename is None
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null so the interpreter's own flush at exit does not print a second error."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")
+    except OSError:
+        pass
+
+
+def _error(message: str) -> None:
+    from moe_env.untrusted import printable
+
+    try:
+        print(printable(message), file=sys.stderr)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _internal(exc: BaseException) -> int:
+    if os.environ.get("MOE_ENV_DEBUG"):
+        raise exc
+    _error(f"moe-env: internal error: {type(exc).__name__}: {exc} "
+           "(rerun with MOE_ENV_DEBUG=1 for a traceback, and please report it)")
+    return 4
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -154,29 +154,70 @@ class Environment:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Environment":
-        return Environment(
-            python=_build(PythonInfo, data["python"]),
-            distributions={k: _build(Distribution, v) for k, v in (data.get("distributions") or {}).items()},
-            torch=_build(TorchBuild, data["torch"]) if data.get("torch") else None,
-            deepspeed=_build(DeepSpeedBuild, data["deepspeed"]) if data.get("deepspeed") else None,
-            extensions={k: _build(Extension, v) for k, v in (data.get("extensions") or {}).items()},
-            api={k: _build(ApiSymbol, v) for k, v in (data.get("api") or {}).items()},
-            host=_build_host(data.get("host") or {}),
-            probe_errors=list(data.get("probe_errors") or []),
-            probe_seconds=data.get("probe_seconds"),
-        )
+        """The inverse of to_dict, for reports that others wrote: every value is checked against its field's
+        type (a `host` that is a string, `distributions` that is a list, a version that is a number are a
+        ValueError naming the field), so a check never meets a shape it was not written for."""
+        if not isinstance(data, dict):
+            raise ValueError("environment: expected an object")
+        return _build(cls, data, "environment")
 
 
-def _build(cls, data: Dict[str, Any]):
-    """Construct a dataclass from a dict, ignoring keys a newer writer added."""
+_HINTS: Dict[type, Dict[str, Any]] = {}
+
+
+def _build(cls, data: Any, where: str):
+    """A dataclass from a dict, ignoring keys a newer writer added, checking the rest by type."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected an object, found {type(data).__name__}")
+    if cls not in _HINTS:
+        import typing
+
+        _HINTS[cls] = typing.get_type_hints(cls)
+    hints = _HINTS[cls]
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+    return cls(**{k: _typed(v, hints[k], f"{where}.{k}") for k, v in data.items() if k in names})
 
 
-def _build_host(data: Dict[str, Any]) -> HostInfo:
-    host = _build(HostInfo, {k: v for k, v in data.items() if k != "gpus"})
-    host.gpus = [_build(GPU, g) for g in data.get("gpus") or []]
-    return host
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:
+        if value is None:
+            return None
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _typed(value, inner[0], where)
+    if hint is Any:
+        return value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list, found {type(value).__name__}")
+        (item,) = typing.get_args(hint)
+        return [_typed(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected an object, found {type(value).__name__}")
+        _, item = typing.get_args(hint)
+        return {str(k): _typed(v, item, f"{where}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: expected a whole number")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: expected a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected text, found {type(value).__name__}")
+        return value
+    return value
 
 
 def normalize_name(name: str) -> str:

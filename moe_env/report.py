@@ -17,14 +17,16 @@ version, a truncated document or a JSON value that is not a report, with one lin
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from moe_env import __version__
 from moe_env.environment import REPORT_SCHEMA, Environment
+from moe_env.environment import _build as typed_build
 from moe_env.errors import UsageError
 from moe_env.findings import Finding, exit_code, summarize
+from moe_env.untrusted import UntrustedInput, json_loads, printable, read_bytes
 
 
 @dataclass
@@ -55,17 +57,17 @@ class Report:
         return json.dumps(self.to_dict(strict), indent=2, sort_keys=False) + "\n"
 
 
-def parse_report_text(text: str, origin: str) -> Report:
-    """One report from its JSON text; `origin` names the file (or stream) in every error."""
+MAX_REPORT_BYTES = 256 * 1024 * 1024  # a report of 5,000 distributions is ~5 MB
+
+
+def parse_report_text(text, origin: str) -> Report:
+    """One report from its JSON text (str or bytes); `origin` names the file (or stream) in every error."""
     if not text.strip():
         raise UsageError(f"{origin}: empty file, not a moe-env doctor report")
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        truncated = exc.pos >= len(text.rstrip()) - 1 or exc.msg.startswith("Unterminated")
-        what = "truncated JSON" if truncated else "not valid JSON"
-        raise UsageError(f"{origin}: {what} (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-                         "expected a `moe-env doctor --json` report") from None
+        data = json_loads(text, what=origin, max_bytes=MAX_REPORT_BYTES)
+    except UntrustedInput as exc:
+        raise UsageError(f"{exc}; expected a `moe-env doctor --json` report") from None
     return report_from_dict(data, origin)
 
 
@@ -91,9 +93,12 @@ def report_from_dict(data: Any, origin: str) -> Report:
     env_data = environment_section(data, origin)
     try:
         env = Environment.from_dict(env_data)
-        findings = [Finding.from_dict(f) for f in data.get("findings") or []]
+        raw_findings = data.get("findings") or []
+        if not isinstance(raw_findings, list):
+            raise ValueError("findings: expected a list")
+        findings = [typed_build(Finding, f, f"findings[{i}]") for i, f in enumerate(raw_findings)]
     except (TypeError, KeyError, AttributeError, ValueError) as exc:
-        raise UsageError(f"{origin}: malformed report ({type(exc).__name__}: {exc})") from None
+        raise UsageError(f"{origin}: malformed report ({printable(exc)})") from None
     project = data.get("project") or None
     if project is not None and not isinstance(project, dict):
         raise UsageError(f"{origin}: malformed report (project must be an object or null)")
@@ -115,14 +120,13 @@ def read_report(path: str) -> Report:
     if path == "-":
         import sys
 
-        return parse_report_text(sys.stdin.read(), "stdin")
-    p = Path(path)
+        return parse_report_text(sys.stdin.buffer.read(MAX_REPORT_BYTES + 1), "stdin")
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a folder; --from-json takes one report file")
+    if not os.path.lexists(path):
+        raise UsageError(f"{path}: report file not found")
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{path}: report file not found") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path}: is a folder; --from-json takes one report file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read report ({exc})") from None
-    return parse_report_text(text, path)
+        data = read_bytes(path, max_bytes=MAX_REPORT_BYTES, what=path)
+    except UntrustedInput as exc:
+        raise UsageError(f"cannot read report: {exc}") from None
+    return parse_report_text(data, path)

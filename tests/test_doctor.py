@@ -200,6 +200,21 @@ def test_unknown_project(matrix):
     ('{"schema": "something-else/1"}', "not a moe-env doctor report"),
     ('', "empty file"),
     ('{"schema": "moe-env.doctor/1", "findings": []}', "no environment section"),
+    # hostile and retyped reports (issue 16): one line naming the file and the field, never a traceback
+    ('{"schema": "moe-env.doctor/1", "environment": {"python": {"version": "3.11.7", "implementation": "cpython", '
+     '"executable": "x", "prefix": "p", "platform": "linux-x86_64", "machine": "x86_64"}, "host": "gpu01"}}',
+     "environment.host: expected an object"),
+    ('{"schema": "moe-env.doctor/1", "environment": {"python": {"version": "3.11.7", "implementation": "cpython", '
+     '"executable": "x", "prefix": "p", "platform": "linux-x86_64", "machine": "x86_64"}, "distributions": ["torch"]}}',
+     "environment.distributions: expected an object"),
+    ('{"schema": "moe-env.doctor/1", "environment": {"python": {"version": 3.11, "implementation": "cpython", '
+     '"executable": "x", "prefix": "p", "platform": "linux-x86_64", "machine": "x86_64"}}}',
+     "environment.python.version: expected text"),
+    (r'{"schema": "moe-env.doctor/1", "environment": {"python": {"version": "\\ud800"}}}', "malformed report"),
+    (r'{"schema": "moe-env.doctor/1", "environment": {"python": {"version": "\ud800"}}}', "lone surrogate"),
+    ('{"schema": "moe-env.doctor/1", "x": ' + "[" * 5000 + "]" * 5000 + "}", "nested 5001 deep"),
+    ('{"schema": "moe-env.doctor/1", "summary": {"error": ' + "7" * 5000 + "}}", "an integer of 5000 digits"),
+    ('{"schema": "moe-env.doctor/1", "summary": {"error": NaN}}', "NaN is not a JSON number"),
 ])
 def test_bad_reports_name_the_file(matrix, tmp_path, content, needle):
     path = tmp_path / "node.json"
@@ -352,16 +367,16 @@ def test_matrix_cache_is_keyed_by_content(tmp_path, monkeypatch):
     root = write_matrix(tmp_path / "m")
     monkeypatch.setenv("MOE_ENV_CACHE_DIR", str(tmp_path / "cache"))
     first = load_matrix_cached(root)
-    assert len(list((tmp_path / "cache").glob("matrix-*.pickle"))) == 1
+    assert len(list((tmp_path / "cache").glob("matrix-*.json"))) == 1
     again = load_matrix_cached(root)
     assert again.project("toyproj").checks == first.project("toyproj").checks
     # an edit of the same size still invalidates (content, not mtime, is the key)
     path = root / "projects" / "toyproj.toml"
     path.write_text(path.read_text().replace('title = "Toy MoE project"', 'title = "Toy MoE pro-ect"'))
     assert load_matrix_cached(root).project("toyproj").info.title == "Toy MoE pro-ect"
-    assert len(list((tmp_path / "cache").glob("matrix-*.pickle"))) == 1  # the stale one is pruned
+    assert len(list((tmp_path / "cache").glob("matrix-*.json"))) == 1  # the stale one is pruned
     # a corrupt cache file is rebuilt, never an error
-    for f in (tmp_path / "cache").glob("matrix-*.pickle"):
+    for f in (tmp_path / "cache").glob("matrix-*.json"):
         f.write_bytes(b"garbage")
     assert load_matrix_cached(root).project("toyproj") is not None
     # a bad matrix is still a one-line MatrixError through the cache

@@ -235,7 +235,7 @@ def test_output_is_atomic_and_not_clobbered(setup, capsys):
     assert out.read_text() == "mine\n"
     code, _, err = run_cli(capsys, "lock", "toy", "-o", str(out), "--force")
     assert code == 0 and out.read_text() == SHIPPED
-    assert [p.name for p in setup.iterdir() if p.name.startswith(".out.txt")] == []
+    assert [p.name for p in setup.iterdir() if p.name.startswith((".out.txt", ".moe-env-"))] == []
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -243,9 +243,9 @@ def test_output_is_atomic_and_not_clobbered(setup, capsys):
     (["lock", "toy", "--model", "70b"], "unknown model variant '70b'"),
     (["lock", "toy", "--cuda", "99.9"], "--cuda 99.9: no torch build for CUDA 99.9"),
     (["lock", "toy", "--python", "3.13"], "no known-good toymoe stack runs on Python 3.13"),
-    (["lock", "toy", "-o", "/nonexistent-dir/x.txt"], "folder /nonexistent-dir does not exist"),
+    (["lock", "toy", "-o", "/etc/hostname/x.txt"], "/etc/hostname exists and is not a folder"),
     (["lock", "toy", "-o", "/proc/moe-env-test.txt"], "/proc/moe-env-test.txt: cannot write"),
-    (["lock", "toy", "-o", "/tmp"], "is a directory"),
+    (["lock", "toy", "-o", "/tmp"], "is a folder"),
 ])
 def test_bad_input_is_one_line_exit_2(setup, capsys, argv, message):
     write_shipped(setup, SHIPPED)

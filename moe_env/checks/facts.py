@@ -20,7 +20,7 @@ def parse_version(text: Optional[str]) -> Optional[Version]:
         return None
     try:
         return Version(str(text).strip())
-    except InvalidVersion:
+    except ValueError:  # InvalidVersion, and int()'s digit limit on a 5,000-digit release number
         return None
 
 

@@ -254,6 +254,16 @@ def run_scan(args) -> int:
 
     if not args.versions and not args.since:
         raise UsageError("name deepspeed releases to scan (e.g. 0.12.6 0.13.0) or --since VERSION")
+    from packaging.version import InvalidVersion, Version
+
+    for given in list(args.versions) + ([args.since] if args.since else []):
+        try:
+            if len(given) > 64:
+                raise InvalidVersion(given)
+            Version(given)
+        except (InvalidVersion, ValueError):
+            shown = given[:40] + ("..." if len(given) > 40 else "")
+            raise UsageError(f"{shown!r} is not a release version (e.g. 0.13.0)") from None
     matrix = _load(args)
     symbols, keys = scan.tracked_keys(matrix, args.symbol)
     versions = list(args.versions)

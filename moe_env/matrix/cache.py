@@ -2,36 +2,46 @@
 
 Parsing and validating compat_matrix/ costs more than everything else doctor does; the result only
 changes when a TOML file (its bytes), the schema code or moe-env's version changes, so those key the
-cache (hashing ~300 KB costs about a millisecond). Any problem with the cache (unreadable, stale class
-shapes, read-only home) falls back to the real loader; the cache can never make a run fail.
+cache. The cache is plain JSON rebuilt into the typed dataclasses of matrix/model.py: reading it can
+never run code (a pickle there once could). It is used only when the folder and the file belong to
+this user and nobody else can write them, the file is a regular file (a FIFO there must not hang
+doctor), the cache location is absolute (a relative XDG_CACHE_HOME is ignored, as the XDG spec says:
+it would put the cache inside whatever checkout the command runs in), and the file's own record of
+its key matches. Any problem falls back to the real loader; the cache can never make a run fail.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
-import pickle
-import tempfile
+import stat
+import typing
 import zlib
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from moe_env import __version__
 from moe_env.matrix import model
 from moe_env.paths import matrix_root
 
+FORMAT = "moe-env.matrix-cache/2"
+MAX_CACHE_BYTES = 32 * 1024 * 1024
 
-def cache_dir() -> Path:
-    """$MOE_ENV_CACHE_DIR, else $XDG_CACHE_HOME/moe-env, else ~/.cache/moe-env."""
+
+def cache_dir() -> Optional[Path]:
+    """$MOE_ENV_CACHE_DIR, else $XDG_CACHE_HOME/moe-env, else ~/.cache/moe-env; None when no absolute one exists."""
     explicit = os.environ.get("MOE_ENV_CACHE_DIR")
     if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "moe-env"
+        return Path(explicit) if os.path.isabs(explicit) else None
+    xdg = os.environ.get("XDG_CACHE_HOME") or ""
+    base = xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "moe-env" if os.path.isabs(base) else None
 
 
 def _key(root: Path) -> str:
     """CRC-32 and Adler-32 of everything that shapes the result (zlib: no OpenSSL start-up on this path)."""
-    parts = [f"{__version__}\0{root.resolve()}".encode()]
+    parts = [f"{FORMAT}\0{__version__}\0{root.resolve()}".encode()]
     model_py = Path(model.__file__)
     for code in (model_py, model_py.with_name("loader.py")):
         st = code.stat()
@@ -51,43 +61,114 @@ def _loader():
     return loader
 
 
+def _trusted(st: os.stat_result, want_dir: bool) -> bool:
+    """Ours, and writable by nobody else (a shared XDG_CACHE_HOME must not let another user plant one)."""
+    kind_ok = stat.S_ISDIR(st.st_mode) if want_dir else stat.S_ISREG(st.st_mode)
+    return kind_ok and st.st_uid == os.getuid() and not (st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _read_cache(folder: Path, target: Path, key: str) -> Optional[model.Matrix]:
+    try:
+        if not _trusted(os.lstat(folder), want_dir=True):
+            return None
+        fd = os.open(target, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not _trusted(st, want_dir=False) or st.st_size > MAX_CACHE_BYTES:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = json.loads(fh.read())
+        if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("key") != key:
+            return None
+        return _build(model.Matrix, data["matrix"])
+    except Exception:  # malformed, or written by another schema: rebuild
+        return None
+    finally:
+        os.close(fd)
+
+
+def _write_cache(folder: Path, target: Path, key: str, matrix: model.Matrix) -> None:
+    tmp = None
+    try:
+        if not folder.exists():
+            folder.mkdir(parents=True, mode=0o700)
+        if not _trusted(os.lstat(folder), want_dir=True):
+            return
+        text = json.dumps({"format": FORMAT, "key": key, "matrix": dataclasses.asdict(matrix)}, separators=(",", ":"))
+        tmp = str(folder / f".matrix-{os.getpid()}-{os.urandom(4).hex()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+        tmp = None
+        for old in folder.glob("matrix-*"):
+            if old != target:
+                old.unlink()
+    except (OSError, TypeError, ValueError):
+        pass  # a read-only or full home: work without the cache
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def load_matrix_cached(root: Optional[Path] = None) -> model.Matrix:
     """load_matrix(), through the cache unless MOE_ENV_NO_CACHE is set."""
     if os.environ.get("MOE_ENV_NO_CACHE"):
         return _loader().load_matrix(root)
     root_path = Path(root) if root else matrix_root()
-    if not root_path.is_dir():
-        return _loader().load_matrix(root_path)  # its one-line error
+    folder = cache_dir()
+    if not root_path.is_dir() or folder is None:
+        return _loader().load_matrix(root_path)  # its one-line error, or no usable cache location
     try:
         key = _key(root_path)
     except OSError:
         return _loader().load_matrix(root_path)
-    folder = cache_dir()
-    target = folder / f"matrix-{key}.pickle"
-    try:
-        with open(target, "rb") as fh:
-            cached = pickle.load(fh)
-        if isinstance(cached, model.Matrix):
-            return cached
-    except Exception:  # missing, truncated, or written by another schema: rebuild
-        pass
+    target = folder / f"matrix-{key}.json"
+    cached = _read_cache(folder, target, key)
+    if cached is not None:
+        return cached
     # a fresh load (loader.load_matrix memoises per path within a process, which would hide the edit
     # that made the key change); raises MatrixError on a bad file, as without the cache
     matrix = _loader()._load(root_path)
-    tmp = None
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".matrix-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(matrix, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, target)
-        tmp = None
-        for old in folder.glob("matrix-*.pickle"):
-            if old != target:
-                old.unlink()
-    except OSError:
-        pass  # a read-only or full home: work without the cache
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+    _write_cache(folder, target, key, matrix)
     return matrix
+
+
+# ---------------------------------------------------------------- JSON -> the typed dataclasses
+
+_HINTS: Dict[type, Dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> Dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _build(cls: type, data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__}: not an object")
+    hints = _hints(cls)
+    return cls(**{name: _value(hints[name], value) for name, value in data.items() if name in hints})
+
+
+def _value(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value)
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _value(inner[0], value) if inner else value
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return [_value(item, v) for v in value] if dataclasses.is_dataclass(item) or typing.get_origin(item) else list(value)
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        if dataclasses.is_dataclass(item) or typing.get_origin(item):
+            return {k: _value(item, v) for k, v in value.items()}
+        return dict(value)
+    return value

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from moe_env.errors import MatrixError
 from moe_env.matrix import model as m
 from moe_env.paths import matrix_root
+from moe_env.untrusted import UntrustedInput, read_text, toml_loads
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,6 +27,7 @@ else:  # pragma: no cover - exercised on 3.9/3.10
     import tomli as tomllib
 
 SEVERITIES = ("error", "warning", "info")
+MAX_FILE_BYTES = 8 * 1024 * 1024  # the largest shipped file is ~60 kB; an override past this is a mistake
 
 # Accepted forms of a source (compat_matrix/README.md documents them):
 #   OWNER/NAME@REF:PATH[:LINE[-LINE]]   a file of an upstream repo at a commit or tag
@@ -103,9 +105,9 @@ def _load(root: Path) -> m.Matrix:
     for path in files:
         rel = path.relative_to(root).as_posix()
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise MatrixError(f"{rel}: not valid TOML: {exc}") from None
+            data = toml_loads(read_text(path, max_bytes=MAX_FILE_BYTES, what=rel), what=rel)
+        except UntrustedInput as exc:
+            raise MatrixError(str(exc)) from None
         parsed.append((rel, data))
     # files that `extends` a project load after the files that define projects
     for rel, data in sorted(parsed, key=lambda item: "extends" in item[1]):

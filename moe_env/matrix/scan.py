@@ -118,6 +118,13 @@ def default_cache_dir() -> Path:
     return Path(base) / "moe-env" / "sdists"
 
 
+# what pip prints when it never reached the index (it then also says "No matching distribution")
+_NETWORK_TROUBLE = re.compile(
+    r"NewConnectionError|Max retries exceeded|Temporary failure in name resolution|Name or service not known|"
+    r"ProxyError|Connection refused|Network is unreachable|ConnectTimeoutError|ReadTimeoutError|"
+    r"SSLError|No route to host")
+
+
 def _tree_ok(root: Path) -> bool:
     return (root / PACKAGE / "__init__.py").is_file()
 
@@ -149,6 +156,9 @@ def fetch_sdist(version: str, cache_dir: Path, pip: Sequence[str] = (), timeout:
         src = _unpacked_tree(tmp) or _extract_archive(dl, Path(work, "x"))
         if src is None:
             tail = " | ".join(proc.stdout.strip().splitlines()[-3:])
+            if _NETWORK_TROUBLE.search(proc.stdout):
+                raise NetworkError(f"pip download {PACKAGE}=={version}: the index could not be reached ({tail}); "
+                                   "scan-deepspeed needs the network, or an unpacked tree in --cache-dir")
             if re.search(r"No matching distribution|Could not find a version", proc.stdout):
                 raise UsageError(f"{PACKAGE}=={version}: no such sdist on the configured index ({tail})")
             raise NetworkError(f"pip download {PACKAGE}=={version} failed (exit {proc.returncode}): {tail}")
@@ -201,6 +211,9 @@ def available_versions(since: str, pip: Sequence[str] = (), timeout: float = 120
     except (subprocess.TimeoutExpired, OSError) as exc:
         raise NetworkError(f"pip index versions {PACKAGE}: {exc}") from None
     m = re.search(r"Available versions:\s*(.+)", proc.stdout)
+    if not m and not _NETWORK_TROUBLE.search(proc.stdout) and proc.returncode != 0:
+        tail = " | ".join(proc.stdout.strip().splitlines()[-2:])
+        raise NetworkError(f"pip index versions {PACKAGE} failed (exit {proc.returncode}): {tail}")
     if not m:
         raise NetworkError(f"pip index versions {PACKAGE} listed nothing (exit {proc.returncode})")
     floor = Version(since)

@@ -76,11 +76,13 @@ def _hostname() -> Optional[str]:
         return None
 
 
-def _read(path: str) -> Optional[str]:
+def _read(path: str, limit: int = 1024 * 1024) -> Optional[str]:
+    """A small host file's text; a FIFO, /dev/zero or a huge file where one is expected reads as nothing."""
+    from moe_env.untrusted import UntrustedInput, read_bytes
+
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError:
+        return read_bytes(path, max_bytes=limit).decode("utf-8", "replace")
+    except UntrustedInput:
         return None
 
 
@@ -237,7 +239,7 @@ def _from_nvidia_smi(host: HostInfo, smi: str) -> None:
         fields = "name,memory.total,compute_cap,driver_version" if with_cc else "name,memory.total,driver_version"
         try:
             proc = subprocess.run([smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
-                                  capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT)
+                                  capture_output=True, text=True, errors="replace", timeout=NVIDIA_SMI_TIMEOUT)
         except subprocess.TimeoutExpired:
             host.notes.append(f"nvidia-smi did not answer within {NVIDIA_SMI_TIMEOUT:g}s (driver hung?)")
             return
@@ -395,7 +397,7 @@ def _nvcc(host: HostInfo, env, root: str = "/") -> None:
             host.nvcc_version = major_minor(version)
             return
     try:
-        proc = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=NVCC_TIMEOUT)
+        proc = subprocess.run([nvcc, "--version"], capture_output=True, text=True, errors="replace", timeout=NVCC_TIMEOUT)
     except subprocess.TimeoutExpired:
         host.notes.append(f"{nvcc} --version did not answer within {NVCC_TIMEOUT:g}s")
         return

@@ -1,8 +1,9 @@
 """Run the probe script inside a target interpreter and turn its JSON into an Environment.
 
-The script (target.py) runs as `PYTHON -I -c <load target.py> --stdin`, the way uv queries interpreters:
-isolated from the user's PYTHON* variables and the current directory, so nothing but the target's
-own site-packages is seen. The caller's PYTHONPATH is handed over explicitly (as `extra_paths`),
+The script (target.py) runs as `PYTHON -I -S -c <load target.py> --stdin`, the way uv queries interpreters:
+isolated from the user's PYTHON* variables and the current directory, and without site.py, so no
+`.pth` line, sitecustomize or usercustomize of the target runs; target.py computes the search path
+site.py would have built (target_site_paths). The caller's PYTHONPATH is handed over explicitly (as `extra_paths`),
 because a training run started from the same shell would see it.
 """
 
@@ -59,7 +60,7 @@ def _extra_paths() -> List[str]:
 
 def probe_command(python: str) -> List[str]:
     """The command line that runs target.py under `python` (it reads its request on stdin)."""
-    return [python, "-I", "-c", _BOOTSTRAP.format(path=str(TARGET)), "--stdin"]
+    return [python, "-I", "-S", "-c", _BOOTSTRAP.format(path=str(TARGET)), "--stdin"]
 
 
 class ProbeRun:

@@ -1,6 +1,6 @@
 """moe-env probe: runs INSIDE the target interpreter and prints what it finds as JSON.
 
-Started as `python -I target.py [--stdin] [SYMBOL ...]` (stdin: {"symbols": [...], "extra_paths": [...]}).
+Started as `python -I -S target.py [--stdin] [SYMBOL ...]` (see target_site_paths) (stdin: {"symbols": [...], "extra_paths": [...]}).
 It must stay ONE stdlib-only file that parses and runs on Python 3.8 to 3.14, and it never imports
 the packages it inspects: a broken torch or a deepspeed whose import hangs must not stop the probe.
 It reads files only:
@@ -46,20 +46,56 @@ EXTENSIONS = [
     ("mmengine", ["mmengine"], ["mmengine"]),
 ]
 _COMPILED_SUFFIXES = (".so", ".pyd", ".dylib")
+# bounds on what a distribution's metadata may make the probe (and the checks after it) chew on: real
+# METADATA is under 1 MB (transformers: ~80 kB, ~500 Requires-Dist); versions are under 64 characters
+_METADATA_LIMIT = 8 * 1024 * 1024
+_MAX_REQUIRES = 5000
+_MAX_VERSION = 128
 
 
 def normalize_name(name):
     return _NAME_RE.sub("-", name).lower()
 
 
-def _read_text(path, errors, what=None, limit=None):
-    """File text (utf-8, undecodable bytes replaced) or None; unreadable files are noted in `errors`."""
+_READ_LIMIT = 64 * 1024 * 1024
+
+
+def _read_bytes(path, errors, what=None, limit=_READ_LIMIT):
+    """A regular file's first `limit` bytes, or None: a FIFO, device or socket is refused without blocking
+    (opened O_NONBLOCK, judged by fstat), so a planted pipe cannot hang the probe nor /dev/zero fill memory."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(limit) if limit else fh.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         if errors is not None:
             errors.append("%s: cannot read (%s)" % (what or path, exc.strerror or exc))
+        return None
+    try:
+        import stat
+
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            if errors is not None:
+                errors.append("%s: not a regular file" % (what or path))
+            return None
+        chunks, left = [], limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        if errors is not None:
+            errors.append("%s: cannot read (%s)" % (what or path, exc.strerror or exc))
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_text(path, errors, what=None, limit=None):
+    """File text (utf-8, undecodable bytes replaced) or None; unreadable files are noted in `errors`."""
+    data = _read_bytes(path, errors, what, limit or _READ_LIMIT)
+    if data is None:
         return None
     try:
         return data.decode("utf-8")
@@ -72,7 +108,7 @@ def _read_text(path, errors, what=None, limit=None):
 # ---------------------------------------------------------------- python
 
 
-def python_info(search_paths):
+def python_info(search_paths, prefix=None):
     import platform
     import sysconfig
 
@@ -94,7 +130,7 @@ def python_info(search_paths):
         "version": platform.python_version(),
         "implementation": sys.implementation.name,
         "executable": sys.executable,
-        "prefix": sys.prefix,
+        "prefix": prefix or sys.prefix,
         "platform": sysconfig.get_platform(),
         "machine": platform.machine(),
         "glibc": glibc,
@@ -102,12 +138,103 @@ def python_info(search_paths):
     }
 
 
+# ---------------------------------------------------------------- the target's search path, computed
+#
+# The probe runs with -I -S: no site.py, so no .pth `import` line, sitecustomize or usercustomize of
+# the target ever runs (a hostile venv once executed code that way, and a .pth that sleeps hung the
+# probe). What site.py would have put on sys.path is computed here instead, in its order: the venv
+# (pyvenv.cfg beside or above the executable, as site.venv() finds it), then the user site where the
+# target would enable it, then the prefixes' site-packages (site.getsitepackages, which also knows a
+# distribution's own layout such as Debian's dist-packages), each followed by the path lines of its
+# .pth files read as text.
+
+
+def _pyvenv_cfg(executable):
+    """(prefix, include-system-site-packages) of the venv `executable` belongs to, or None."""
+    exe_dir = os.path.dirname(os.path.abspath(executable))
+    site_prefix = os.path.dirname(exe_dir)
+    for conf in (os.path.join(exe_dir, "pyvenv.cfg"), os.path.join(site_prefix, "pyvenv.cfg")):
+        if not os.path.isfile(conf):
+            continue
+        system_site = "false"
+        text = _read_text(conf, None, limit=64 * 1024) or ""
+        for line in text.splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.strip().lower() == "include-system-site-packages":
+                system_site = value.strip().lower()
+        return site_prefix, system_site == "true"
+    return None
+
+
+def _pth_paths(sitedir, errors):
+    """The directories a sitedir's .pth files add, as site.addpackage() would, without running `import` lines."""
+    try:
+        names = sorted(n for n in os.listdir(sitedir) if n.endswith(".pth") and not n.startswith("."))
+    except OSError:
+        return []
+    out = []
+    for name in names[:1000]:
+        text = _read_text(os.path.join(sitedir, name), None, limit=1024 * 1024)
+        if text is None:
+            continue
+        for line in text.splitlines()[:10000]:
+            if not line or line.startswith("#") or line.startswith(("import ", "import\t")):
+                continue
+            path = os.path.abspath(os.path.join(sitedir, line.rstrip()))
+            if os.path.exists(path):
+                out.append(path)
+    return out
+
+
+def _user_site_enabled(venv):
+    if venv is not None and not venv[1]:
+        return False  # a venv without system site packages disables the user site (site.venv)
+    if os.environ.get("PYTHONNOUSERSITE"):
+        return False
+    if hasattr(os, "getuid") and hasattr(os, "geteuid") and os.geteuid() != os.getuid():
+        return False
+    if hasattr(os, "getgid") and hasattr(os, "getegid") and os.getegid() != os.getgid():
+        return False
+    return True
+
+
+def target_site_paths(errors):
+    """(site directories and their .pth paths in site.py's order, the target's sys.prefix)."""
+    import site
+
+    venv = _pyvenv_cfg(sys.executable)
+    prefixes = [sys.prefix, sys.exec_prefix]
+    ordered = []
+    if venv is not None:
+        # as site.venv() does, so a patched getsitepackages (Debian's) sees a venv, not the base install
+        sys.prefix = sys.exec_prefix = venv[0]
+        ordered.append([venv[0]])
+        prefixes = [venv[0]] + prefixes if venv[1] else []
+    user = []
+    if _user_site_enabled(venv):
+        try:
+            user = [site._get_path(site._getuserbase())]
+        except Exception:  # a patched site.py without these helpers: no user site, said once
+            errors.append("site.py has no user-site helpers; the user site (~/.local) was not read")
+    out = []
+    groups = ordered + [user] + ([prefixes] if prefixes else [])
+    for i, group in enumerate(groups):
+        is_user = group is user
+        dirs = group if is_user else site.getsitepackages(list(dict.fromkeys(group)))
+        for sitedir in dirs:
+            if sitedir in out or not os.path.isdir(sitedir):
+                continue
+            out.append(sitedir)
+            out.extend(p for p in _pth_paths(sitedir, errors) if p not in out)
+    return out, (venv[0] if venv else sys.prefix)
+
+
 # ---------------------------------------------------------------- distributions
 
 
 def parse_headers(text):
     """RFC 822-style headers of METADATA / PKG-INFO (the part before the first blank line)."""
-    headers = []
+    headers = []  # (key, [value lines]): folded lines are joined once at the end, not per line (quadratic)
     end = text.find("\n\n")
     if end >= 0:
         text = text[:end]
@@ -115,14 +242,13 @@ def parse_headers(text):
         if not line:  # only a truly empty line ends the headers: "        " continues a folded License
             break
         if line[:1] in (" ", "\t") and headers:
-            key, value = headers[-1]
-            headers[-1] = (key, value + "\n" + line.strip())
+            headers[-1][1].append(line.strip())
             continue
         key, sep, value = line.partition(":")
         if not sep:
             continue
-        headers.append((key.strip().lower(), value.strip()))
-    return headers
+        headers.append((key.strip().lower(), [value.strip()]))
+    return [(key, "\n".join(values)) for key, values in headers]
 
 
 def _split_info_name(entry):
@@ -168,7 +294,7 @@ def read_distribution(location, entry, errors):
             "location": location, "installer": None, "metadata_error": None, "path": path}
     text = None
     if os.path.isfile(meta_path):
-        text = _read_text(meta_path, None)
+        text = _read_text(meta_path, None, limit=_METADATA_LIMIT)
         if text is None:
             dist["metadata_error"] = "%s unreadable" % os.path.basename(meta_path)
     else:
@@ -183,11 +309,14 @@ def read_distribution(location, entry, errors):
                 name = value
             elif key == "version" and version is None:
                 version = value
-            elif key == "requires-dist":
-                requires.append(value)
+            elif key == "requires-dist" and len(requires) < _MAX_REQUIRES:
+                requires.append(value[:1000])
         if name:
             dist["name"] = normalize_name(name)
             dist["raw_name"] = name
+        if version and len(version) > _MAX_VERSION:
+            dist["metadata_error"] = "%s has a Version of %d characters" % (os.path.basename(meta_path), len(version))
+            version = version[:_MAX_VERSION]
         if version:
             dist["version"] = version
         if not name or not version:
@@ -384,13 +513,14 @@ class SourceIndex(object):
         elif mod["kind"] == "extension":
             result = (None, "compiled extension %s (no source to read)" % os.path.basename(path))
         else:
-            try:
-                if os.path.getsize(path) > _SOURCE_LIMIT:
-                    raise OSError("larger than %d bytes" % _SOURCE_LIMIT)
-                with open(path, "rb") as fh:
-                    result = (fh.read(), None)
-            except (OSError, ValueError) as exc:
-                result = (None, "cannot read %s (%s)" % (self.rel(path), getattr(exc, "strerror", None) or exc))
+            problems = []
+            data = _read_bytes(path, problems, self.rel(path), _SOURCE_LIMIT + 1)
+            if data is None:
+                result = (None, "cannot read %s (%s)" % (self.rel(path), (problems or ["unreadable"])[0].rsplit(": ", 1)[-1]))
+            elif len(data) > _SOURCE_LIMIT:
+                result = (None, "cannot read %s (larger than %d bytes)" % (self.rel(path), _SOURCE_LIMIT))
+            else:
+                result = (data, None)
         self._sources[path] = result
         return result
 
@@ -1256,12 +1386,13 @@ def probe(symbols=(), extra_paths=()):
     started = time.time()
     errors = []
     search_paths = []
-    for p in list(extra_paths) + list(sys.path):
+    site_paths, prefix = (target_site_paths(errors) if sys.flags.no_site else ([], sys.prefix))
+    for p in list(extra_paths) + list(sys.path) + site_paths:
         if p and p not in search_paths:
             search_paths.append(p)
     dists, editable = scan_distributions(search_paths, errors)
     index = SourceIndex(search_paths, editable)
-    result = {"python": python_info(search_paths),
+    result = {"python": python_info(search_paths, prefix),
               "distributions": {name: _public(d) for name, d in sorted(dists.items())}}
     for key, fn in (("torch", torch_build), ("deepspeed", deepspeed_build), ("extensions", extensions)):
         try:
