@@ -106,7 +106,7 @@ def test_text_output_groups_by_severity(toy_venv, matrix):
     assert "fix:" in out and "source:" in out
     lines = out.rstrip().splitlines()
     # the verdict, then one command for every requirement fix (no pip in this venv: uv pip, for this interpreter)
-    assert lines[-3].startswith("PROBLEMS: ")
+    assert lines[-4].startswith("PROBLEMS: ") and lines[-2].startswith("Fix "), out[-600:]
     assert lines[-1] == f"  uv pip install --python {toy_venv.python} 'deepspeed>=0.14.0' hjson"
 
 
