@@ -280,3 +280,11 @@ def test_summary_header_names_the_archs_of_a_cuda_build(venv):
     torch_row = next(line for line in res.stdout.splitlines() if line.strip().startswith("torch:"))
     assert "CUDA 12.1" in torch_row and "sm_80" in torch_row and "sm_90" in torch_row
     assert "8x A100 (sm_80, 80 GiB)" in res.stdout
+
+
+def test_text_report_escapes_control_characters_from_the_environment(venv):
+    add_torch(venv, "2.13.0+cpu", None, requires=[])
+    version_py = venv.site / "torch" / "version.py"
+    version_py.write_text(version_py.read_text().replace("__version__ = '2.13.0+cpu'", "__version__ = '2.13.0\\x1b[2J+cpu'"))
+    res = run(["mgm", "--python", str(venv.python)], H100_OLD_DRIVER)
+    assert "\x1b" not in res.stdout and "\\x1b[2J" in res.stdout
