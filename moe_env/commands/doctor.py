@@ -90,9 +90,7 @@ def _run(args, early) -> int:
     from moe_env.errors import UsageError
     from moe_env.findings import Finding, exit_code
     from moe_env.matrix.cache import load_matrix_cached
-    from moe_env.render import render_findings
     from moe_env.report import Report, read_report
-    from moe_env.term import use_color
 
     if args.from_json and args.python:
         raise UsageError("--from-json judges a saved report; it cannot be combined with --python")
@@ -160,7 +158,9 @@ def _run(args, early) -> int:
     if args.json:
         sys.stdout.write(report.to_json(strict=args.strict))
     else:
+        from moe_env.render import render_findings
         from moe_env.summary import combined_fix, environment_summary
+        from moe_env.term import use_color
 
         color = use_color(sys.stdout)
         sys.stdout.write(render_findings(findings, color=color, header=_header(report, project, args.from_json),

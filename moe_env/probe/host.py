@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
 from typing import List, Optional, Tuple
 
@@ -71,7 +69,7 @@ def gather_host(build_mode: bool = False, environ: Optional[dict] = None, root: 
 
 def _hostname() -> Optional[str]:
     try:
-        return socket.gethostname() or None
+        return os.uname().nodename or None  # what socket.gethostname() returns, without importing socket
     except OSError:
         return None
 
@@ -207,7 +205,7 @@ def _gpus(host: HostInfo, env, root: str) -> None:
         host.gpu_source = "MOE_ENV_GPUS"
         host.overrides.append("MOE_ENV_GPUS")
         return
-    smi = shutil.which("nvidia-smi", path=env.get("PATH"))
+    smi = _which("nvidia-smi", env.get("PATH"))
     if smi:
         _from_nvidia_smi(host, smi)
         if host.gpus:
@@ -282,7 +280,7 @@ def _cuda_home(env, root: str = "/") -> Tuple[Optional[str], Optional[str]]:
     """(CUDA_HOME, nvcc path) found as torch.utils.cpp_extension._find_cuda_home does (what JIT builds use):
     CUDA_HOME or CUDA_PATH, else the folder above the `nvcc` on PATH (no symlink resolution), else /usr/local/cuda."""
     home, _ = _cuda_home_with_source(env, root)
-    nvcc_on_path = shutil.which("nvcc", path=env.get("PATH"))
+    nvcc_on_path = _which("nvcc", env.get("PATH"))
     nvcc = None
     if home and os.access(os.path.join(home, "bin", "nvcc"), os.X_OK):
         nvcc = os.path.join(home, "bin", "nvcc")
@@ -296,7 +294,7 @@ def _cuda_home_with_source(env, root: str = "/") -> Tuple[Optional[str], Optiona
     for var in ("CUDA_HOME", "CUDA_PATH"):
         if env.get(var):
             return env[var], var
-    nvcc_on_path = shutil.which("nvcc", path=env.get("PATH"))
+    nvcc_on_path = _which("nvcc", env.get("PATH"))
     if nvcc_on_path:
         return os.path.dirname(os.path.dirname(nvcc_on_path)), "nvcc on PATH"
     if os.path.isdir(_under(root, "/usr/local/cuda")):
