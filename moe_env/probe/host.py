@@ -74,6 +74,15 @@ def _hostname() -> Optional[str]:
         return None
 
 
+def _which(name: str, path: Optional[str]) -> Optional[str]:
+    """shutil.which for a plain command name on POSIX (shutil's import costs doctor a few milliseconds)."""
+    for folder in (path if path is not None else os.defpath).split(os.pathsep):
+        candidate = os.path.join(folder or os.curdir, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 def _read(path: str, limit: int = 1024 * 1024) -> Optional[str]:
     """A small host file's text; a FIFO, /dev/zero or a huge file where one is expected reads as nothing."""
     from moe_env.untrusted import UntrustedInput, read_bytes
