@@ -138,37 +138,54 @@ def load_matrix_cached(root: Optional[Path] = None) -> model.Matrix:
 
 # ---------------------------------------------------------------- JSON -> the typed dataclasses
 
-_HINTS: Dict[type, Dict[str, Any]] = {}
+_PLANS: Dict[type, Dict[str, Any]] = {}
+_CONVERTERS: Dict[Any, Any] = {}
 
 
-def _hints(cls: type) -> Dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _plan(cls: type) -> Dict[str, Any]:
+    """{field: converter} for a dataclass, built once per class from its type hints."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        plan = _PLANS[cls] = {name: _converter(hint) for name, hint in typing.get_type_hints(cls).items()}
+    return plan
+
+
+def _converter(hint: Any):
+    """A function JSON value -> typed value for one type hint (decided once per hint, not per value)."""
+    try:
+        return _CONVERTERS[hint]
+    except (KeyError, TypeError):
+        pass
+    if dataclasses.is_dataclass(hint):
+        conv = lambda v, cls=hint: _build(cls, v)  # noqa: E731
+    else:
+        origin = typing.get_origin(hint)
+        if origin is typing.Union:
+            inner = [a for a in typing.get_args(hint) if a is not type(None)]
+            conv = _converter(inner[0]) if inner else _identity
+        elif origin is list:
+            (item,) = typing.get_args(hint)
+            each = _converter(item)
+            conv = list if each is _identity else (lambda v, each=each: [each(x) for x in v])
+        elif origin is dict:
+            _, item = typing.get_args(hint)
+            each = _converter(item)
+            conv = dict if each is _identity else (lambda v, each=each: {k: each(x) for k, x in v.items()})
+        else:
+            conv = _identity
+    try:
+        _CONVERTERS[hint] = conv
+    except TypeError:
+        pass
+    return conv
 
 
 def _build(cls: type, data: Any) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__}: not an object")
-    hints = _hints(cls)
-    return cls(**{name: _value(hints[name], value) for name, value in data.items() if name in hints})
-
-
-def _value(hint: Any, value: Any) -> Any:
-    if value is None:
-        return None
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value)
-    origin = typing.get_origin(hint)
-    if origin is typing.Union:
-        inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _value(inner[0], value) if inner else value
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return [_value(item, v) for v in value] if dataclasses.is_dataclass(item) or typing.get_origin(item) else list(value)
-    if origin is dict:
-        _, item = typing.get_args(hint)
-        if dataclasses.is_dataclass(item) or typing.get_origin(item):
-            return {k: _value(item, v) for k, v in value.items()}
-        return dict(value)
-    return value
+    plan = _plan(cls)
+    return cls(**{name: (None if value is None else plan[name](value)) for name, value in data.items() if name in plan})
