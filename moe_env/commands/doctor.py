@@ -7,7 +7,7 @@ import argparse
 EPILOG = """\
 PROJECT is a name or alias from the matrix (minigemini/mgm, moe-llava, megatron, xtuner). Without
 it, doctor detects the project from the installed distributions, else runs only the generic checks.
-Without --model, the project's MoE variants are judged.
+Without --model, the project's MoE variants that the installed stack serves are judged.
 
 examples:
   moe-env doctor                                   this interpreter, project detected
@@ -19,8 +19,13 @@ examples:
   moe-env doctor --from-json node07.json mgm       judge a saved report again, no probing
   moe-env doctor --lockfile requirements.lock      what differs from a lockfile
 
-environment: MOE_ENV_GPUS (8.0x8, H100:9.0, none), MOE_ENV_CUDA_DRIVER_VERSION and MOE_ENV_NVCC_VERSION
-replace the probed host facts; NO_COLOR turns colour off; MOE_ENV_NO_CACHE=1 re-reads the matrix.
+The text report starts with a summary of the stack and ends with one install command for every fix
+that is a requirement (uv pip install --python V when the target has no pip).
+
+environment: MOE_ENV_GPUS (8.0x8, H100:9.0, A100:8.0x8:80GB, none), MOE_ENV_CUDA_DRIVER_VERSION,
+MOE_ENV_NVCC_VERSION and MOE_ENV_SHM_SIZE (64M, 1G) replace the probed host facts; MOE_ENV_HOST_ROOT
+reads /sys, /proc and /dev/shm under another folder; NO_COLOR turns colour off; MOE_ENV_NO_CACHE=1
+re-reads the matrix.
 
 exit codes: 0 no errors; 1 errors found (with --strict, warnings too); 2 bad usage or input
 (missing interpreter, unreadable report or lockfile); 4 internal error.
