@@ -171,9 +171,12 @@ def torch_build_vs_host(ctx: Context) -> List[Finding]:
         index = torch_index_url(tag)
         requirement = f"torch=={public}+{tag}"
         fix = f"pip install '{requirement}' --index-url {index}"
+    elif ctx.matrix.torch_release(t.version) is None:
+        fix = (f"Install a CUDA build of torch {public} from the PyTorch index (one folder per CUDA build, "
+               f"e.g. {_example_index()}), or a torch release the matrix knows (`moe-env lock` pins one)")
     else:
-        fix = ("Upgrade the NVIDIA driver, then install a CUDA build of torch " + public +
-               " from the PyTorch index (one folder per CUDA build, e.g. " + _example_index() + ")")
+        fix = (f"Upgrade the NVIDIA driver, then install a CUDA build of torch {public} from the PyTorch index "
+               f"(one folder per CUDA build, e.g. {_example_index()})")
     return [Finding(
         id=fid, severity="error",
         title=f"torch {t.version} is {kind}, but the GPUs here are NVIDIA's",

@@ -14,9 +14,12 @@ import os
 import subprocess
 import sys
 import time
-from typing import Iterable, List, Optional
+from typing import TYPE_CHECKING, Iterable, List, Optional
 
 from moe_env.errors import MoeEnvError, UsageError
+
+if TYPE_CHECKING:  # imported at run time only where used: doctor starts the probe before loading it
+    from moe_env.environment import Environment
 
 # imports stay few here: doctor starts the probe with this module before loading anything else
 TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "target.py")
