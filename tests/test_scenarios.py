@@ -334,6 +334,8 @@ def _deepspeed_findings(doc):
 ])
 def test_mgm_8x7b_deepspeed_is_one_finding_with_one_range(venv_factory, version, z3_leaf, severity):
     v = mgm_venv(venv_factory(), deepspeed=version, z3_leaf=z3_leaf)
+    if version == "0.16.2":  # installed with its own requirements, as pip leaves it: pydantic 2
+        (v.site / "pydantic-1.10.13.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: pydantic\nVersion: 2.9.2\n")
     code, doc = doctor_json(["mgm", "--model", "8x7b", "--python", str(v.python)])
     found = _deepspeed_findings(doc)
     if severity is None:
@@ -344,6 +346,14 @@ def test_mgm_8x7b_deepspeed_is_one_finding_with_one_range(venv_factory, version,
     assert f["severity"] == severity
     assert f["requirement"] == "deepspeed>=0.13.2,<=0.14.5" and f["fix"] == "pip install 'deepspeed>=0.13.2,<=0.14.5'"
     assert f"deepspeed {version}" in f["seen"]
+    assert code == (1 if severity == "error" else 0), doc["findings"]
+
+
+def test_mgm_deepspeed_0_16_with_pydantic_1_is_the_conflict_error_said_once(venv_factory):
+    v = mgm_venv(venv_factory(), deepspeed="0.16.2", z3_leaf=True)  # pydantic 1.10.13: deepspeed 0.16 cannot import
+    code, doc = doctor_json(["mgm", "--model", "8x7b", "--python", str(v.python)])
+    assert errors(doc) == ["deepspeed-0.15-needs-pydantic2"] and code == 1
+    assert not [f for f in doc["findings"] if f["id"] == "release.requirement" and "pydantic" in f["title"]]
 
 
 def test_text_report_ends_with_one_fix_command_uv_without_pip_and_pip_with_it(venv_factory):

@@ -96,10 +96,8 @@ def unsatisfied_requirements(ctx: Context) -> List[Finding]:
     return out
 
 
-@generic("conflicts")
-def known_conflicts(ctx: Context) -> List[Finding]:
-    """The matrix's [[conflict]] table: combinations that break for any project (numpy 2 with torch < 2.3...)."""
-    out = []
+def _fired_conflicts(ctx: Context):
+    """(conflict, what was seen) for each [[conflict]] row whose every `when` entry matches."""
     for c in ctx.matrix.conflicts:
         seen = []
         for pkg, spec in c.when.items():
@@ -110,11 +108,16 @@ def known_conflicts(ctx: Context) -> List[Finding]:
                 break
             seen.append(f"{pkg} {version}")
         else:
-            out.append(Finding(
-                id=c.id, severity=c.severity, title=c.title,
-                seen=" with ".join(seen) + " installed", why=c.why, fix=c.fix, sources=list(c.source),
-            ))
-    return out
+            yield c, seen
+
+
+@generic("conflicts")
+def known_conflicts(ctx: Context) -> List[Finding]:
+    """The matrix's [[conflict]] table: combinations that break for any project (numpy 2 with torch < 2.3...)."""
+    return [Finding(
+        id=c.id, severity=c.severity, title=c.title,
+        seen=" with ".join(seen) + " installed", why=c.why, fix=c.fix, sources=list(c.source),
+    ) for c, seen in _fired_conflicts(ctx)]
 
 
 SRC_RECORD = ("https://packaging.python.org/en/latest/specifications/recording-installed-packages/ "
@@ -162,6 +165,8 @@ def release_requirements(ctx: Context) -> List[Finding]:
     accelerate floors, accelerate's deepspeed floor) and runtime gates.
     """
     out = []
+    # a pair a fired [[conflict]] row names is that row's problem, said once (with its cited failure)
+    conflicting = {frozenset(normalize_name(p) for p in c.when) for c, _ in _fired_conflicts(ctx)}
     for name, d in sorted(ctx.env.distributions.items()):
         row = _release_row(ctx, name, d.version)
         if row is None:
@@ -176,7 +181,7 @@ def release_requirements(ctx: Context) -> List[Finding]:
                 continue
         for dep, spec in sorted(row.requires.items()):
             dep_n = normalize_name(dep)
-            if dep_n in declared or not spec:
+            if dep_n in declared or not spec or any({name, dep_n} <= pair for pair in conflicting):
                 continue
             version = ctx.env.version_of(dep_n)
             if version is None and dep_n == "torch" and ctx.env.torch is not None:
