@@ -6,6 +6,7 @@ each command several times in fresh processes and prints the medians and their r
 
     python benchmarks/doctor_bench.py                    # venv in ./.venv-bench, 7 runs each
     python benchmarks/doctor_bench.py --venv /tmp/env --runs 11
+    python benchmarks/doctor_bench.py --moe-env "python -m moe_env"   # this checkout as it is imported here
 
 Goal (issue 11): doctor median <= 0.1 s and at least 20x faster than collect_env, measured side by side
 (interleaved runs, so both see the same background load). The matrix cache lives in a folder of the
@@ -62,6 +63,19 @@ def build_venv(path: Path) -> Path:
     return python
 
 
+def build_tool(path: Path) -> Path:
+    """moe-env installed as a user installs it (a wheel of this checkout, not the editable install), reinstalled
+    on every run so it measures the current code: an editable install's import hook alone costs ~13 ms."""
+    python = path / "bin" / "python"
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+        subprocess.run(pip + ["setuptools>=64", "wheel", "packaging>=22"], check=True)
+    subprocess.run(pip + ["--no-deps", "--no-build-isolation", "--force-reinstall", str(ROOT)], check=True,
+                   capture_output=True)
+    return path / "bin" / "moe-env"
+
+
 def time_runs(cmd, runs: int, env=None):
     """Wall-clock seconds of each run, and CPU seconds (user+sys of the command and its children).
 
@@ -84,7 +98,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--venv", type=Path, default=ROOT / ".venv-bench", help="where to build (or reuse) the environment")
     ap.add_argument("--runs", type=int, default=7, help="runs of each command (median reported)")
-    ap.add_argument("--moe-env", default=None, help="moe-env command (default: this interpreter's `-m moe_env`)")
+    ap.add_argument("--moe-env", default=None,
+                    help="moe-env command (default: the console script of a wheel of this checkout, in ./.venv-bench-tool)")
     args = ap.parse_args()
 
     python = build_venv(args.venv)
@@ -93,7 +108,8 @@ def main() -> int:
     wanted = ("torch", "deepspeed", "transformers", "accelerate")
     print("environment: " + ", ".join(l for l in versions.split() if l.split("==")[0].lower() in wanted))
 
-    moe_env = args.moe_env.split() if args.moe_env else [sys.executable, "-m", "moe_env"]
+    moe_env = args.moe_env.split() if args.moe_env else [str(build_tool(ROOT / ".venv-bench-tool"))]
+    print(f"moe-env: {' '.join(moe_env)}")
     # An installed moe-env has bytecode (pip compiles it, as it did torch's); this sandbox sets
     # PYTHONDONTWRITEBYTECODE, which would make every timed run recompile moe-env from source.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
