@@ -246,7 +246,7 @@ def _validate_entry(obj: Any, rel: str, where: str) -> None:
                 continue
             try:
                 Version(v)
-            except InvalidVersion:
+            except ValueError:  # InvalidVersion, or a release number past int()'s digit limit
                 raise MatrixError(f"{rel}: {where}.{name}: {v!r} is not a valid version") from None
     for name in _SPEC_FIELDS.get(type(obj), ()):
         vals = getattr(obj, name)
@@ -254,7 +254,7 @@ def _validate_entry(obj: Any, rel: str, where: str) -> None:
         for k, v in items:
             try:
                 SpecifierSet(v)
-            except InvalidSpecifier:
+            except ValueError:  # InvalidSpecifier, or a number past int()'s digit limit
                 key = f"{name}.{k}" if k else name
                 raise MatrixError(f"{rel}: {where}.{key}: {v!r} is not a valid version specifier") from None
     if isinstance(obj, m.KnownIssue):
@@ -267,7 +267,7 @@ def _validate_entry(obj: Any, rel: str, where: str) -> None:
         for pkg, ver in obj.pins.items():
             try:
                 Version(ver)
-            except InvalidVersion:
+            except ValueError:  # InvalidVersion, or a release number past int()'s digit limit
                 raise MatrixError(f"{rel}: {where}.pins.{pkg}: {ver!r} must be an exact version") from None
 
 

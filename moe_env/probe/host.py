@@ -17,7 +17,6 @@ Every override is bounded: a value outside what any real machine reports is a on
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -364,9 +363,11 @@ def _version_file(home: str) -> Optional[str]:
     """CUDA_HOME/version.json (11.1+; cuda_nvcc entry) or version.txt ("CUDA Version 10.2.89")."""
     text = _read(os.path.join(home, "version.json"))
     if text:
+        from moe_env.untrusted import UntrustedInput, json_loads
+
         try:
-            data = json.loads(text)
-        except ValueError:
+            data = json_loads(text, what="version.json", max_depth=8)
+        except UntrustedInput:
             data = {}
         for key in ("cuda_nvcc", "cuda"):
             version = ((data.get(key) or {}) if isinstance(data, dict) else {}).get("version")
