@@ -94,6 +94,23 @@ def time_runs(cmd, runs: int, env=None):
     return times, cpu
 
 
+def print_elf_checks(python: Path) -> None:
+    """The ELF checks alone (the probe's linkage section), on this venv with a test-built torch extension (elf_bench.py)."""
+    import shutil as _shutil
+
+    if not (_shutil.which("gcc") and _shutil.which("nm")):
+        print("ELF checks alone: skipped (needs gcc and nm to build the test extension)")
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import elf_bench
+
+    elf_bench.add_extension(python, 200)
+    try:
+        print(elf_bench.describe(elf_bench.measure(python)))
+    finally:
+        elf_bench.remove_extension(python)  # the doctor runs above judge the venv as built
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--venv", type=Path, default=ROOT / ".venv-bench", help="where to build (or reuse) the environment")
@@ -141,6 +158,7 @@ def main() -> int:
     print(f"ratio: doctor is {cm / dm:.1f}x faster by wall time, {statistics.median(cc) / statistics.median(dc):.1f}x by CPU time "
           "(goal: <= 100 ms and >= 20x)")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print_elf_checks(python)
     return 0
 
 

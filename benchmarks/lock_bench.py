@@ -127,7 +127,28 @@ def main() -> int:
             med_pt, _ = median_time(lambda: lock(r, refresh=True, backend="pip-tools"), max(3, args.runs // 2))
             print(f"moe-env fresh lock, pip-tools backend:          median {med_pt*1000:.0f} ms "
                   f"({med_pt / med_bare:.1f}x bare uv)")
+    network_cut(args.runs)
     return 0
+
+
+def network_cut(runs: int) -> None:
+    """How long a lock takes to say it cannot have what it needs: --offline, and an index behind a closed port."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proxy = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_ENV_")}
+        env.update({"HTTPS_PROXY": proxy, "HTTP_PROXY": proxy, "ALL_PROXY": proxy, "UV_CACHE_DIR": f"{tmp}/uv",
+                    "UV_NO_CONFIG": "1", "MOE_ENV_NVCC_VERSION": "none"})
+        for label, argv in (("--offline, no shipped lockfile (megatron --cuda 13.0)", ["--offline"]),
+                            ("index unreachable (proxy at a closed port)", [])):
+            cmd = [sys.executable, "-m", "moe_env", "lock", "megatron", "--cuda", "13.0", *argv]
+            med, best = median_time(lambda: subprocess.run(cmd, capture_output=True, env=env), max(3, runs // 2))
+            print(f"exit 3, {label}: median {med*1000:.0f} ms, best {best*1000:.0f} ms (was 13-19 s of retries)")
 
 
 if __name__ == "__main__":

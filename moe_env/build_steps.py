@@ -16,6 +16,7 @@ import shlex
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from moe_env.errors import UsageError
 from moe_env.resolver import Resolution, parse_archs
 
 # How each upstream documents its source build (the recipes below follow these pages).
@@ -73,6 +74,8 @@ class BuildStep:
     verify: List[str]  # shell commands that prove the build worked
     version: str = ""
     sources: List[str] = field(default_factory=list)
+    prebuilt: Optional[bool] = None  # True: a prebuilt wheel is downloaded; False: compiled; None: not a wheel question
+    summary: str = ""  # one clause for lock headers and Dockerfiles: which wheel, or why it compiles
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,7 +143,25 @@ def _plan(resolution: Resolution) -> List[Tuple[str, str, str]]:
             continue
         original, version = pins.get(n, (n, ""))
         plan.append((original, version, sb.get(n, "")))
+    for package, version, ref in plan:  # these go into shell commands and Dockerfile RUN lines unquoted
+        _safe(package, _NAME, "package name", resolution)
+        _safe(version, _VERSION, "version", resolution)
+        _safe(ref, _REF, "git ref", resolution)
     return plan
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?$")
+_VERSION = re.compile(r"^$|^[A-Za-z0-9][A-Za-z0-9.+!_-]*$")
+_REF = re.compile(r"^$|^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+
+
+def _safe(value: str, pattern, what: str, resolution: Resolution) -> None:
+    """A matrix value (perhaps from a user's override) that would reach a script: its grammar, or a UsageError."""
+    if not pattern.match(value or ""):
+        from moe_env.untrusted import printable
+
+        raise UsageError(f"{resolution.project.file}: stack {resolution.stack.id}: {what} {printable(value)!r} cannot go into "
+                         "a build script (letters, digits and . _ + ! - only)")
 
 
 # ---------------------------------------------------------------- the steps
@@ -153,7 +174,9 @@ def build_steps(resolution: Resolution, gpu_archs: Optional[Sequence[str]] = Non
     steps = []
     for package, version, ref in _plan(resolution):
         n = norm(package)
-        if ref:
+        if resolution.target.cuda == "cpu" and n in COMPILED:
+            steps.append(_cannot_build(resolution, package, version or ref))
+        elif ref:
             steps.append(_git_step(resolution, package, ref, archs))
         elif n == "deepspeed":
             steps.append(_deepspeed_step(resolution, package, version, archs))
@@ -164,6 +187,16 @@ def build_steps(resolution: Resolution, gpu_archs: Optional[Sequence[str]] = Non
         else:
             steps.append(_pip_compiled_step(resolution, package, version, archs))
     return steps
+
+
+def _cannot_build(resolution: Resolution, package: str, version: str) -> BuildStep:
+    """A CUDA extension for a CPU target: nothing can compile it; say so and what to do instead."""
+    p = resolution.project.name
+    msg = (f"{package} {version} is a CUDA extension: it cannot be built for a CPU torch. Lock a CUDA target "
+           f"(moe-env lock {p} --cuda auto, or --cuda X.Y), or leave {package} out on this machine")
+    return BuildStep(package=package, version=version, reason=msg, env={}, preconditions=[],
+                     commands=[f"echo {shlex.quote('moe-env build-steps: ' + msg)} >&2", "exit 1"], verify=[],
+                     sources=list(SOURCES.get(norm(package), [])), prebuilt=False, summary="cannot be built for a CPU target")
 
 
 def _arch_env(archs: List[str]) -> Dict[str, str]:
@@ -177,26 +210,31 @@ def _max_jobs(package: str) -> str:
 
 
 def _torch_ok(resolution: Resolution) -> str:
+    """torch is the locked release and build: prints what it expected and what it found when not."""
     t = resolution.target
     base = (t.torch or resolution.stack.pins.get("torch", "")).split("+", 1)[0]
-    cuda = "" if t.cuda == "cpu" else t.cuda
-    code = (f'import sys, torch; sys.exit(not (torch.__version__.split("+")[0] == "{base}" '
-            f'and (torch.version.cuda or "").startswith("{cuda}")))')
+    cuda = None if t.cuda == "cpu" else t.cuda
+    code = (
+        "import sys, torch; "
+        f"want = ({base!r}, {cuda!r}); "
+        "have = (torch.__version__.split('+')[0], '.'.join((torch.version.cuda or '').split('.')[:2]) or None); "
+        "ok = have == want; "
+        "ok or print('expected torch %s (CUDA %s), found torch %s (CUDA %s)' % (want + have), file=sys.stderr); "
+        "sys.exit(not ok)"
+    )
     return f'"$PYTHON" -c {shlex.quote(code)}'
 
 
 def _nvcc_checks(resolution: Resolution, minimum: str = "") -> List[str]:
+    """nvcc's CUDA major is torch's (and at least `minimum`); each check prints expected and found."""
     major = resolution.target.cuda.split(".")[0]
-    out = [
-        "command -v nvcc",
-        f"[ \"$(nvcc --version | sed -n 's/.*release \\([0-9][0-9]*\\)\\..*/\\1/p')\" = \"{major}\" ]",
-    ]
+    found = "v=$(nvcc --version 2>/dev/null | sed -n 's/.*release \\([0-9][0-9.]*\\),.*/\\1/p')"
+    out = [f'{found}; [ "${{v%%.*}}" = "{major}" ] || {{ echo "expected nvcc release {major}.x (torch\'s CUDA '
+           f'{resolution.target.cuda}), found ${{v:-no nvcc on PATH}}" >&2; false; }}']
     if minimum:
         mj, mn = minimum.split(".")
-        out.append(
-            "nvcc --version | sed -n 's/.*release \\([0-9][0-9]*\\)\\.\\([0-9][0-9]*\\).*/\\1 \\2/p' | "
-            f"awk '{{exit !($1 > {mj} || ($1 == {mj} && $2 >= {mn}))}}'"
-        )
+        out.append(f'{found}; echo "$v" | awk -F. \'{{exit !($1 > {mj} || ($1 == {mj} && $2 >= {mn}))}}\' || '
+                   f'{{ echo "expected nvcc >= {minimum}, found ${{v:-no nvcc on PATH}}" >&2; false; }}')
     return out
 
 
@@ -209,7 +247,7 @@ def _common_pre(resolution: Resolution, nvcc_min: str = "") -> List[str]:
 
 
 def _pip(*args: str) -> str:
-    return '"$PYTHON" -m pip install ' + " ".join(args)
+    return "pip_install " + " ".join(args)  # SCRIPT_HEAD: pip of the target, else uv pip for it
 
 
 def _deepspeed_step(resolution: Resolution, package: str, version: str, archs: List[str]) -> BuildStep:
@@ -244,28 +282,12 @@ def _deepspeed_step(resolution: Resolution, package: str, version: str, archs: L
 
 def flash_attn_wheel(resolution: Resolution, version: str) -> Tuple[Optional[bool], str]:
     """(True: a prebuilt wheel matches / False: none does / None: the matrix does not know, explanation)."""
-    from packaging.version import InvalidVersion, Version
+    from moe_env.wheels import flash_attn_wheel as answer
 
-    m, t = resolution.matrix, resolution.target
-    torch_base = (t.torch or resolution.stack.pins.get("torch", "")).split("+", 1)[0]
-    torch_minor = ".".join(torch_base.split(".")[:2])
-    what = (f"torch {torch_minor}, CUDA {t.cuda}, Python {t.python}, "
-            f"cxx11abi{'TRUE' if t.cxx11_abi else 'FALSE' if t.cxx11_abi is not None else '?'}")
-    rows = [r for r in (m.flash_attn_wheels if m else []) if r.version == version]
-    if not rows:
-        return None, f"the matrix lists no prebuilt wheels for flash-attn {version}"
-    if t.cuda == "cpu":
-        return False, "a CPU target has no CUDA for flash-attn"
-    try:
-        exact_cuda = Version(version) < Version("2.3.6")  # until 2.3.5 the wheel's cu tag is torch's exact CUDA
-    except InvalidVersion:
-        exact_cuda = False
-    for r in rows:
-        cuda_ok = t.cuda in r.cuda if exact_cuda else any(c.split(".")[0] == t.cuda.split(".")[0] for c in r.cuda)
-        abi_ok = t.cxx11_abi is None or t.cxx11_abi in r.cxx11_abi
-        if torch_minor in r.torch and t.python in r.python and cuda_ok and abi_ok:
-            return True, f"flash-attn {version} publishes a prebuilt wheel for {what} ({r.source[0]})"
-    return False, f"no prebuilt flash-attn {version} wheel matches {what} (matrix [[wheels]])"
+    t = resolution.target
+    torch_version = t.torch or resolution.stack.pins.get("torch", "")
+    a = answer(resolution.matrix, version, torch_version, t.cuda, t.python, t.cxx11_abi)
+    return a.exists, a.why
 
 
 def _flash_attn_live(resolution: Resolution, version: str, prebuilt: Optional[bool], why: str) -> Tuple[Optional[bool], str]:
@@ -303,8 +325,10 @@ def _flash_attn_step(resolution: Resolution, package: str, version: str, archs: 
         commands = [_pip("--no-build-isolation --no-cache-dir", f"{package}=={version}")]
     if archs and any(tuple(int(x) for x in a.split(".")) < (8, 0) for a in archs):
         reason += "; note: FlashAttention-2 runs only on Ampere (sm_80) or newer GPUs"
+    summary = why.split(" (", 1)[0] if prebuilt else "compiled from source (no prebuilt wheel matches)"
     return BuildStep(package=package, version=version, reason=reason, env=env, preconditions=pre,
-                     commands=commands, verify=verify, sources=list(SOURCES["flash-attn"]))
+                     commands=commands, verify=verify, sources=list(SOURCES["flash-attn"]), prebuilt=bool(prebuilt),
+                     summary=summary)
 
 
 def _apex_step(resolution: Resolution, ref: str, archs: List[str]) -> BuildStep:
@@ -385,13 +409,25 @@ def _git_step(resolution: Resolution, package: str, ref: str, archs: List[str]) 
 SCRIPT_HEAD = """\
 #!/usr/bin/env bash
 # {title}
+# each step's exports stay inside its ( ... ) group on purpose:
+# shellcheck disable=SC2030,SC2031
 # Run after installing the lockfile, in the environment it went into:
 #   PYTHON=/path/to/venv/bin/python bash build-steps.sh
 set -euo pipefail
 export PYTHON="${{PYTHON:-python}}"
-fail() {{  # fail PACKAGE LINE: a precondition did not hold; nothing was built
-  echo "moe-env build-steps: $1: precondition on line $2 of this script failed" >&2
+fail() {{  # fail PACKAGE LINE: a precondition did not hold (it said what it expected and found); nothing was built
+  echo "moe-env build-steps: $1: precondition on line $2 of this script failed; nothing was built" >&2
   exit 1
+}}
+pip_install() {{  # venvs made by uv have no pip: use uv's pip for the same interpreter then
+  if "$PYTHON" -m pip --version >/dev/null 2>&1; then
+    "$PYTHON" -m pip install "$@"
+  elif command -v uv >/dev/null 2>&1; then
+    uv pip install --python "$PYTHON" "$@"
+  else
+    echo "moe-env build-steps: $PYTHON has no pip and uv is not on PATH (install one of them)" >&2
+    exit 1
+  fi
 }}
 """
 
@@ -413,7 +449,7 @@ def render_script(steps: List[BuildStep], title: str = "moe-env build steps") ->
         for k, v in s.env.items():
             out.append(f'  export {k}="{v}"\n')
         for p in s.preconditions:
-            out.append(f"  {{ {p}; }} >/dev/null 2>&1 || fail {shlex.quote(s.package)} $LINENO\n")
+            out.append(f"  {{ {p}; }} >/dev/null || fail {shlex.quote(s.package)} $LINENO\n")
         for c in s.commands:
             out.append(f"  {c}\n")
         for v in s.verify:

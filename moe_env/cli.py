@@ -33,7 +33,7 @@ EPILOG = """\
 examples:
   moe-env doctor minigemini --model 8x7b       judge this interpreter's environment for MGM-8x7B
   moe-env doctor --python /opt/venv/bin/python  probe another interpreter (never imports torch)
-  moe-env lock minigemini --cuda 12.1 -o requirements.lock
+  moe-env lock minigemini -o requirements.lock  MGM-8x7B's shipped lockfile, judged for this host
   moe-env explain train.log                    match a log against known issues
   moe-env matrix list                          projects, variants and known-good stacks
 

@@ -53,7 +53,8 @@ class DockerOptions:
     wheelhouse: str = ""  # build-context folder of wheels: every pip install is offline from it
     matrix_dir: str = ""  # build-context folder holding a compat_matrix the image should use
     lockfile: str = ""  # build-context path of the stack's lockfile
-    moe_env_spec: str = ""  # what pip installs for moe-env; default moe-env==<this version>
+    moe_env_spec: str = ""  # what pip installs for moe-env (a published version); "" = the wheel below
+    moe_env_wheel: str = ""  # build-context path of a wheel of the running moe-env (moe_env.selfwheel)
     command: str = ""  # the command line that generated the file, for its header
 
 
@@ -260,9 +261,10 @@ def _step_lines(plan: DockerPlan) -> List[str]:
         # exactly as in the `moe-env build-steps` script
         lines += [f'export {k}="{v}"' for k, v in env.items()]
         for i, pre in enumerate(getattr(step, "preconditions", []) or [], 1):
-            msg = shlex.quote(f"moe-env: {step.package}: precondition {i} failed (the command traced above); nothing was built")
-            lines.append(f"{{ {_one_line(str(pre))}; }} >/dev/null 2>&1 || {{ echo {msg} >&2; exit 1; }}")
-        lines += [str(c) for c in getattr(step, "commands", []) or []]
+            msg = shlex.quote(f"moe-env: {step.package}: precondition {i} failed (it said what it expected and found); nothing was built")
+            lines.append(f"{{ {_one_line(str(pre))}; }} >/dev/null || {{ echo {msg} >&2; exit 1; }}")
+        # the image's venv has pip (python -m venv): the script's pip_install helper is not needed here
+        lines += [_pip_in_image(str(c)) for c in getattr(step, "commands", []) or []]
         lines += [str(c) for c in getattr(step, "verify", []) or []]
         body = "; \\\n    ".join(_one_line(c) for c in lines)
         out.append(f"RUN {mount}{body}")
@@ -274,16 +276,31 @@ def _one_line(cmd: str) -> str:
     return " ".join(line.strip() for line in cmd.strip().splitlines() if line.strip())
 
 
+def _pip_in_image(cmd: str) -> str:
+    return '"$PYTHON" -m pip install ' + cmd[len("pip_install "):] if cmd.startswith("pip_install ") else cmd
+
+
 def _moe_env_install(plan: DockerPlan) -> List[str]:
-    spec = plan.options.moe_env_spec or f"moe-env=={__version__}"
     mount = _wheelhouse_mount(plan)
     lines = [
         "# moe-env in its own venv (its dependencies never touch the stack's pins), after the stack:",
         "# upgrading it does not reinstall torch",
+    ]
+    spec = plan.options.moe_env_spec
+    if not spec:
+        from moe_env.selfwheel import wheel_name
+
+        wheel = plan.options.moe_env_wheel or wheel_name()
+        lines += [f"# from a wheel of the moe-env that wrote this file, in the build context (`moe-env dockerfile -o DIR` puts it there)",
+                  f"COPY {wheel} {TOOL_DIR}/{wheel.rsplit('/', 1)[-1]}"]
+        spec = f"{TOOL_DIR}/{wheel.rsplit('/', 1)[-1]}"
+    elif spec.endswith(".whl"):  # a wheel inside the build context
+        lines.append(f"COPY {spec} {TOOL_DIR}/{spec.rsplit('/', 1)[-1]}")
+        spec = f"{TOOL_DIR}/{spec.rsplit('/', 1)[-1]}"
+    lines.append(
         f"RUN {mount}PATH=\"${{PATH#{VENV}/bin:}}\" python3 -m venv {TOOL_VENV} && \\\n"
         f"    {TOOL_VENV}/bin/python -m pip install {shlex.quote(spec)} && \\\n"
-        f"    ln -sf {TOOL_VENV}/bin/moe-env /usr/local/bin/moe-env",
-    ]
+        f"    ln -sf {TOOL_VENV}/bin/moe-env /usr/local/bin/moe-env")
     if plan.options.matrix_dir:
         lines += [
             "# the team's compat_matrix (project files, `extends` additions) instead of the shipped one",

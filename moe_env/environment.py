@@ -98,6 +98,75 @@ class ApiSymbol:
     file: Optional[str] = None
     line: Optional[int] = None
     error: Optional[str] = None  # why it could not be decided: missing module, syntax error...
+    # parameter kinds for judging a call: posonly/args/kwonly (names), kwonly_required, vararg/kwarg (name or
+    # None), defaults (how many of posonly+args have one), decorators (dotted names), method (defined in a class)
+    signature: Optional[Dict[str, Any]] = None
+    undecided: Optional[str] = None  # not found, but the source may still make it at run time (lazy __getattr__...)
+
+
+@dataclass
+class LinkedFile:
+    """A compiled file that links torch, as the dynamic linker would load it (read from ELF, never loaded)."""
+
+    file: str  # as RECORD lists it, relative to the distribution's location
+    path: str = ""  # the path `import` would dlopen
+    error: Optional[str] = None  # the ELF could not be read (then the lists below are empty)
+    needed: List[str] = field(default_factory=list)  # DT_NEEDED, in order
+    torch_libraries: List[str] = field(default_factory=list)  # the DT_NEEDED that are torch's (libc10.so, ...)
+    missing_libraries: List[str] = field(default_factory=list)  # DT_NEEDED the dynamic linker would not find
+    missing_symbols: List[str] = field(default_factory=list)  # torch symbols no torch library in scope defines; first = dlopen's
+    missing_symbol_count: int = 0
+    torch_symbols: int = 0  # undefined symbols it needs from torch's namespaces
+    cuda_libraries: List[str] = field(default_factory=list)  # libcudart.so.12, libcublas.so.11 ... it links
+    cuda_major: Optional[str] = None  # from those sonames
+    cxx11_abi: Optional[bool] = None  # from its undefined symbols' mangling; None when they do not tell
+    versions_needed: Dict[str, List[str]] = field(default_factory=dict)  # "libstdc++.so.6" -> ["GLIBCXX_3.4.30", ...]
+
+
+@dataclass
+class CompiledDistribution:
+    """An installed distribution shipping shared objects that link torch, and what it records of its build."""
+
+    distribution: str
+    version: str
+    location: str = ""
+    wheel_tags: List[str] = field(default_factory=list)  # WHEEL's Tag lines ("cp310-cp310-linux_x86_64")
+    direct_url: Optional[str] = None  # direct_url.json's URL (+ "@commit"): a source or local build
+    files: List[LinkedFile] = field(default_factory=list)
+
+
+@dataclass
+class PartialInstall:
+    """A distribution whose RECORD lists compiled files that are not on disk."""
+
+    distribution: str
+    version: str
+    missing: List[str] = field(default_factory=list)  # the first few, in RECORD order
+    missing_count: int = 0
+    compiled_count: int = 0
+    record: str = ""
+
+
+@dataclass
+class VersionNeeds:
+    file: str  # a library torch loads
+    needs: Dict[str, List[str]] = field(default_factory=dict)  # "libstdc++.so.6" -> ["GLIBCXX_3.4.22", ...], checked in order
+
+
+@dataclass
+class Linkage:
+    """The probe's reading of the env's compiled files and the C/C++ runtime libraries the process will load."""
+
+    torch_lib: Optional[str] = None
+    libstdcxx: Optional[str] = None  # the libstdc++.so.6 the process maps first
+    libstdcxx_versions: List[str] = field(default_factory=list)  # GLIBCXX_/CXXABI_ versions it defines
+    libc: Optional[str] = None
+    libc_versions: List[str] = field(default_factory=list)  # GLIBC_ versions it defines
+    torch_versions_needed: List[VersionNeeds] = field(default_factory=list)  # torch's libraries, in load order
+    compiled: Dict[str, CompiledDistribution] = field(default_factory=dict)  # by normalised distribution name
+    partial_installs: Dict[str, PartialInstall] = field(default_factory=dict)
+    unreadable: Dict[str, List[List[str]]] = field(default_factory=dict)  # dist -> [[file, reason]]: not ELF
+    files_read: int = 0
 
 
 @dataclass
@@ -138,9 +207,11 @@ class Environment:
     deepspeed: Optional[DeepSpeedBuild] = None
     extensions: Dict[str, Extension] = field(default_factory=dict)  # by key
     api: Dict[str, ApiSymbol] = field(default_factory=dict)  # by symbol
+    import_names: Dict[str, str] = field(default_factory=dict)  # top-level import name -> distribution (doctor --code)
     host: HostInfo = field(default_factory=HostInfo)
     probe_errors: List[str] = field(default_factory=list)  # things the probe could not read
     probe_seconds: Optional[float] = None
+    linkage: Optional[Linkage] = None  # compiled files and C/C++ runtimes; None from older reports
 
     def dist(self, name: str) -> Optional[Distribution]:
         return self.distributions.get(normalize_name(name))

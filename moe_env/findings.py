@@ -6,7 +6,7 @@ doctor, check-config and explain all produce Findings, so they render and exit t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Optional
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
@@ -25,9 +25,17 @@ class Finding:
     # ("" = the default one): the text report ends with one install command made of these
     requirement: str = ""
     index_url: str = ""
+    # doctor --code: where in the user's checkout (path relative to it, line, the source line as written)
+    file: Optional[str] = None
+    line: Optional[int] = None
+    code: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for key in ("file", "line", "code"):  # only code findings carry a location
+            if data[key] is None:
+                del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Finding":

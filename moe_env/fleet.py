@@ -195,6 +195,8 @@ def _documents(text: str, where: str) -> List[Any]:
             at_end = exc.pos >= len(text.rstrip()) - 1 or exc.msg.startswith("Unterminated")
             what = "truncated JSON" if at_end else "invalid JSON"
             raise UsageError(f"{where}: {what} at line {line} ({exc.msg}); is this `moe-env doctor --json` output, complete?") from None
+        except (ValueError, RecursionError) as exc:  # a 5,000-digit number, nesting deeper than the stack
+            raise UsageError(f"{where}: unreadable JSON ({type(exc).__name__}: {str(exc)[:80]})") from None
         documents.append(doc)
     return documents
 

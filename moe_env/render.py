@@ -10,7 +10,7 @@ from __future__ import annotations
 import textwrap
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-from moe_env.findings import Finding, sort_findings, summarize
+from moe_env.findings import SEVERITY_ORDER, Finding, sort_findings, summarize
 from moe_env.term import paint
 from moe_env.untrusted import printable
 
@@ -38,8 +38,9 @@ def render_findings(findings: Iterable[Finding], color: bool = False, header: Op
         wide = max(len(k) for k, _ in facts)
         lines.extend(f"  {k + ':':<{wide + 1}} {printable(v)}" for k, v in facts)
         lines.append("")
-    active = [f for f in items if not f.deferred]
+    active = [f for f in items if not f.deferred and not f.file]
     deferred = [f for f in items if f.deferred]
+    in_code = [f for f in items if f.file and not f.deferred]
     for severity, label, colour, mark in _GROUPS:
         group = [f for f in active if f.severity == severity]
         if not group:
@@ -57,6 +58,8 @@ def render_findings(findings: Iterable[Finding], color: bool = False, header: Op
             for src in dict.fromkeys(s for f in compact for s in f.sources):
                 lines.extend(_wrapped("source", src, width))
         lines.append("")
+    if in_code:
+        lines.extend(_code_lines(in_code, color, width))
     if deferred:
         lines.append(paint(f"Deferred to the node ({len(deferred)}): no driver/GPU at build time", "dim", color))
         for f in deferred:
@@ -78,6 +81,33 @@ def _finding_lines(f: Finding, mark: str, colour: str, color: bool, width: int) 
             out.extend(_wrapped(label, text, width))
     for s in f.sources:
         out.extend(_wrapped("source", s, width))
+    return out
+
+
+def _code_lines(findings: List[Finding], color: bool, width: int) -> List[str]:
+    """doctor --code: the checkout's findings grouped by file, in line order, each with its source line."""
+    from moe_env.untrusted import printable
+
+    marks = {s: (m, c) for s, _, c, m in _GROUPS}
+    out = [paint(f"In the code ({len(findings)})", "bold", color)]
+    files = sorted({f.file or "" for f in findings})
+    for name in files:
+        out.append(f"  {paint(printable(name), 'bold', color)}")
+        group = sorted((f for f in findings if f.file == name),
+                       key=lambda f: (f.line or 0, SEVERITY_ORDER.get(f.severity, 9), f.id))
+        for f in group:
+            mark, colour = marks.get(f.severity, ("?", "dim"))
+            at = f"{f.line}: " if f.line else ""
+            out.append(f"    {paint(mark, colour, color)} {at}{paint(printable(f.title), 'bold', color)}  "
+                       f"{paint('[' + f.id + ']', 'dim', color)}")
+            if f.code:
+                out.append(f"      {'code:':<8}{printable(f.code)}")
+            for label, text in (("seen", f.seen), ("why", f.why), ("fix", f.fix)):
+                if text:
+                    out.extend(_wrapped(label, printable(text), width))
+            for s in f.sources:
+                out.extend(_wrapped("source", s, width))
+    out.append("")
     return out
 
 

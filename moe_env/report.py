@@ -7,7 +7,9 @@ Schema `moe-env.doctor/1` (README "Report schema"):
      "environment": {...},                     # Environment.to_dict(): the whole probe
      "project": {"name": "minigemini", "variants": ["8x7b"], "detected": false} | null,
      "findings": [{"id", "severity", "title", "seen", "why", "fix", "sources", "deferred"}, ...],
-     "summary": {"error": N, "warning": N, "info": N, "deferred": N, "exit_code": 0|1}}
+     "summary": {"error": N, "warning": N, "info": N, "deferred": N, "exit_code": 0|1},
+     "code": {"path", "commit", "files", "lines", "symbols", ...}}   # only with --code; findings then
+                                                                   # may carry "file", "line", "code"
 
 Readers accept unknown extra keys (newer writers may add some) and refuse another schema
 version, a truncated document or a JSON value that is not a report, with one line naming the file.
@@ -39,11 +41,12 @@ class Report:
     origin: str = ""  # the file (or stream) it was read from
     writer: Optional[str] = None  # moe-env version that wrote it
     summary: Dict[str, int] = field(default_factory=dict)
+    code: Optional[Dict[str, Any]] = None  # doctor --code: what was read from the checkout (moe_env/code/run.py)
 
     def to_dict(self, strict: bool = False) -> Dict[str, Any]:
         summary: Dict[str, Any] = dict(summarize(self.findings))
         summary["exit_code"] = exit_code(self.findings, strict)
-        return {
+        data = {
             "schema": REPORT_SCHEMA,
             "moe_env": __version__,
             "environment": self.environment.to_dict(),
@@ -52,6 +55,9 @@ class Report:
             "findings": [f.to_dict() for f in self.findings],
             "summary": summary,
         }
+        if self.code is not None:
+            data["code"] = self.code
+        return data
 
     def to_json(self, strict: bool = False) -> str:
         return json.dumps(self.to_dict(strict), indent=2, sort_keys=False) + "\n"

@@ -206,11 +206,13 @@ def resolve(
     python: Optional[str] = None,
     env=None,
     gpu_archs: Optional[Sequence[str]] = None,
+    exclude: Sequence[Tuple[str, str]] = (),
 ) -> Resolution:
     """Pick the known-good stack for `project`/`variant` on the target; raise UsageError when none fits.
 
     `cuda`: "X.Y", "cpu", "auto" (from env.host) or None (the stack's own). `python`: "X.Y" or None
     (the stack's own). `gpu_archs`: compute capabilities; default: env.host's GPUs when env is given.
+    `exclude`: (stack id, CUDA) pairs already refused (by doctor's judgement of the host): not chosen again.
     """
     proj = matrix.project(project)
     if proj is None:
@@ -279,6 +281,8 @@ def resolve(
             # the stack's own build; another build of its torch only when the GPUs need one
             options = [s.cuda] + ([c for c in builds if c != s.cuda] if archs else [])
         for c in options:
+            if (s.id, c) in exclude:
+                continue
             notes: List[str] = []
             ok = True
             if cuda == "auto" and driver and c != "cpu":
@@ -422,3 +426,63 @@ def resolve_stack(matrix: Matrix, project: str, stack_id: str) -> Resolution:
     if len(stack.variants) != 1:
         r.variant = None  # the stack serves several variants; name none
     return r
+
+
+# ---------------------------------------------------------------- which GPUs a resolution serves
+
+
+def gpu_coverage(resolution: Resolution) -> List[str]:
+    """Lines saying which GPUs the resolved torch build runs on (the matrix's [[torch_arch]] table) and
+    what to run for the newer GPU families it lacks (another stack or CUDA build of this project)."""
+    m, t = resolution.matrix, resolution.target
+    if m is None or t.cuda == "cpu" or not t.torch:
+        return [] if t.cuda != "cpu" else ["GPUs: none (a CPU build of torch)"]
+    carried = build_archs(m, t.torch, t.cuda)
+    if carried is None:
+        return [f"GPUs: the matrix does not list the architectures of torch {t.torch} (CUDA {t.cuda})"]
+    archs, ptx = carried
+    kernels = " ".join("sm_" + a.replace(".", "") for a in archs) + (f" +PTX sm_{ptx.replace('.', '')}" if ptx else "")
+    newest = max(_vtuple(a) for a in archs)
+    by_cc: dict = {}
+    for fam in sorted(m.gpus, key=lambda g: _vtuple(g.compute_capability)):
+        cc = fam.compute_capability
+        if _vtuple(cc) > newest and not arch_runs(cc, archs, ptx):
+            names = sorted(fam.match, key=lambda n: (len(n), n))[:3]  # H100 before GH200
+            by_cc.setdefault(cc, []).extend(n for n in names if n not in by_cc.get(cc, []))
+    missing = [f"sm_{cc.replace('.', '')} ({', '.join(names[:3])})" for cc, names in by_cc.items()]
+    lines = [f"GPUs: torch {t.torch} (CUDA {t.cuda}) carries kernels for {kernels}"
+             + (f"; none for {', '.join(missing)}" if missing else "")]
+    if missing:
+        lines.extend(_alternatives(resolution, archs, ptx))
+    return lines
+
+
+def _alternatives(resolution: Resolution, archs: List[str], ptx: str) -> List[str]:
+    """For the newest GPU family this build misses: the project's stacks (or their other CUDA builds) that carry it."""
+    from moe_env.lock.shipped import shipped_lockfile
+
+    m, r = resolution.matrix, resolution
+    want = max((g.compute_capability for g in m.gpus), key=_vtuple)
+    uncovered = sorted({g.compute_capability for g in m.gpus if not arch_runs(g.compute_capability, archs, ptx)
+                        and _vtuple(g.compute_capability) > max(_vtuple(a) for a in archs)}, key=_vtuple)
+    target_cc = uncovered[0] if uncovered else want
+    served = set(r.stack.variants)
+    out: List[str] = []
+    seen = set()
+    for s in sorted(r.project.stacks, key=lambda s: 0 if shipped_lockfile(r.project.name, s) else 1):
+        if served and s.variants and not served & set(s.variants):
+            continue
+        _, builds = torch_builds(m, s.pins.get("torch", ""))
+        for c in [s.cuda] + [b for b in builds if b != s.cuda]:
+            carried = build_archs(m, s.pins.get("torch", ""), c)
+            if carried and arch_runs(target_cc, carried[0], carried[1]) and not (s.id == r.stack.id and c == r.target.cuda):
+                how = "ships a lockfile, offline" if c == s.cuda and shipped_lockfile(r.project.name, s) else "fresh resolution, network"
+                cmd = f"moe-env lock {r.project.name}" + (f" --model {r.variant.id}" if r.variant else "") + f" --cuda {c}"
+                if cmd in seen:
+                    break
+                seen.add(cmd)
+                which = f"stack {s.id}, " if c == s.cuda else ""
+                out.append(f"for sm_{target_cc.replace('.', '')}: `{cmd}` ({which}{how})")
+                break
+    out.sort(key=lambda line: "network" in line)
+    return out[:2] or [f"for sm_{target_cc.replace('.', '')}: no stack of {r.project.name} in the matrix carries it"]

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -23,3 +24,14 @@ def venv_factory(tmp_path):
         return make_venv(tmp_path / (name or f"venv{counter['n']}"))
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def machine_devices_survive():
+    """No test may replace the machine's /dev/null or /dev/full with a regular file (a -o target once did)."""
+    import stat as _stat
+
+    yield
+    for dev in ("/dev/null", "/dev/full"):
+        if os.path.exists(dev):
+            assert _stat.S_ISCHR(os.stat(dev).st_mode), f"{dev} is no longer a character device: a test replaced it"

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pickle
+import stat
 import struct
 import subprocess
 import sys
@@ -29,7 +30,7 @@ if hasattr(sys, "set_int_max_str_digits"):
 
 SENTINEL = "SENTINEL-RAN"
 TIMEOUT = 20.0  # a run past this is a hang (the promise is 10 s on an idle machine; CI machines are shared)
-Content = Union[bytes, str, "Fifo", "Symlink", "Folder"]
+Content = Union[bytes, str, "Fifo", "Symlink", "Folder", "Device"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,12 @@ class Symlink:
 @dataclass(frozen=True)
 class Folder:
     pass
+
+
+@dataclass(frozen=True)
+class Device:
+    major: int
+    minor: int
 
 
 @dataclass(repr=False)
@@ -372,7 +379,11 @@ def output_cases(draw) -> Case:
     force = draw(st.booleans())
     files: Dict[str, Content] = {"existing.txt": b"mine\n", "file-as-parent": b"a file\n"}
     keep = ["file-as-parent"] + ([] if force else ["existing.txt"])
-    path = {"dev-null": "/dev/null", "dev-full": "/dev/full"}.get(target, "{dir}/" + target)
+    # device nodes of our own (the same devices as /dev/null and /dev/full), so a bug that replaces a
+    # device with a regular file damages the case folder, never the machine's /dev
+    path = "{dir}/" + target
+    if target in ("dev-null", "dev-full"):
+        files[target] = Device(1, 3 if target == "dev-null" else 7)
     if target == "fifo":
         files["fifo"] = Fifo()
     if target == "folder":
@@ -433,6 +444,11 @@ def lay_out(folder: Path, files: Dict[str, Content]) -> None:
             os.symlink(content.to, path)
         elif isinstance(content, Folder):
             path.mkdir(exist_ok=True)
+        elif isinstance(content, Device):
+            try:
+                os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(content.major, content.minor))
+            except (PermissionError, OSError):
+                os.mkfifo(path)  # not root: a FIFO is the other non-regular target
         else:
             path.write_bytes(content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content)
 

@@ -4,6 +4,7 @@ nvcc/python/ninja on PATH standing in for the toolchain)."""
 import json
 import os
 import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -27,23 +28,24 @@ def test_flash_attn_without_a_matching_wheel_is_compiled(matrix):
     assert flash_attn_wheel(r, "2.5.8")[0] is False
     (step,) = build_steps(r)
     assert step.package == "flash-attn" and step.version == "2.5.8"
-    assert "no prebuilt flash-attn 2.5.8 wheel matches torch 2.1, CUDA 12.1, Python 3.11, cxx11abiFALSE" in step.reason
+    assert "flash-attn 2.5.8 publishes no cu122torch2.1cxx11abiFALSE-cp311 wheel" in step.reason
+    assert "its setup.py fetches cu122 for torch 2.1 + CUDA 12.1" in step.reason
     assert step.env["FLASH_ATTENTION_FORCE_BUILD"] == "TRUE"
     assert step.env["TORCH_CUDA_ARCH_LIST"] == "8.0;9.0"
     assert step.env["MAX_JOBS"].startswith("${MAX_JOBS:-")
-    assert any("nvcc --version" in p and '= "12"' in p for p in step.preconditions)  # nvcc major = torch's
+    assert any("nvcc --version" in p and '= "12"' in p and "expected nvcc release 12.x" in p for p in step.preconditions)
     assert any("ninja" in p for p in step.preconditions)
-    assert step.commands == ['"$PYTHON" -m pip install --no-build-isolation --no-cache-dir flash-attn==2.5.8']
+    assert step.commands == ["pip_install --no-build-isolation --no-cache-dir flash-attn==2.5.8"]
     assert "flash_attn_2_cuda" in step.verify[0]
 
 
 def test_flash_attn_with_a_matching_wheel_is_fetched_not_compiled(matrix):
     r = resolve(matrix, "toy", variant="new", gpu_archs=["9.0"])  # torch 2.8, CUDA 12.8 ~ cu12, py 3.11
     ok, why = flash_attn_wheel(r, "2.8.3")
-    assert ok is True and "publishes a prebuilt wheel for torch 2.8" in why
+    assert ok is True and "publishes flash_attn-2.8.3+cu12torch2.8cxx11abiTRUE-cp311" in why
     fa = [s for s in build_steps(r) if s.package == "flash-attn"][0]
     assert "FLASH_ATTENTION_FORCE_BUILD" not in fa.env
-    assert fa.commands == ['"$PYTHON" -m pip install --no-build-isolation flash-attn==2.8.3']
+    assert fa.commands == ['pip_install --no-build-isolation flash-attn==2.8.3']
 
 
 def test_python_outside_the_wheel_matrix_compiles(matrix):
@@ -217,3 +219,123 @@ def test_commit_build_checks_out_the_named_commit(tmp_path, monkeypatch):
     head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert head == sha  # the named commit, not the newer one
     assert f"--no-build-isolation {src}" in log.read_text()
+
+
+def _targets():
+    from moe_env.matrix.loader import load_matrix as real
+
+    m = real()
+    for p in m.projects.values():
+        for s in p.stacks:
+            yield m, p.name, s, None
+        yield m, p.name, None, "cpu"
+
+
+@pytest.mark.parametrize("case", list(_targets()), ids=lambda c: f"{c[1]}/{c[2].id if c[2] else 'cpu'}")
+def test_every_script_passes_bash_n_and_shellcheck(case, tmp_path):
+    """Each stack's build-steps script (and the CPU one) parses with bash -n and is clean under shellcheck."""
+    import shutil
+
+    from moe_env.build_steps import render_script
+    from moe_env.resolver import resolve_stack
+
+    m, project, stack, cuda = case
+    r = resolve_stack(m, project, stack.id) if stack else resolve(m, project, cuda=cuda)
+    script = tmp_path / "steps.sh"
+    script.write_text(render_script(build_steps(r)))
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (Debian: apt-get install -y shellcheck; .ci/run installs it)")
+    proc = subprocess.run(["shellcheck", "-s", "bash", str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_cpu_target_writes_no_cuda_compile_and_says_what_to_do():
+    from moe_env.matrix.loader import load_matrix as real
+
+    r = resolve(real(), "minigemini", cuda="cpu")
+    (step,) = [s for s in build_steps(r) if s.package == "flash-attn"]
+    assert "cannot be built for a CPU torch" in step.reason and "--cuda auto" in step.reason
+    assert "FLASH_ATTENTION_FORCE_BUILD" not in step.env and step.commands[-1] == "exit 1"
+    assert not any("pip_install" in c for c in step.commands)
+
+
+def test_precondition_prints_expected_and_found(tmp_path):
+    """A real run of a precondition against a fake torch in a real venv: it says what it wanted and saw."""
+    from moe_env.build_steps import render_script
+    from moe_env.matrix.loader import load_matrix as real
+
+    r = resolve(real(), "minigemini")
+    (step,) = [s for s in build_steps(r) if s.package == "flash-attn"]
+    torch_dir = tmp_path / "site" / "torch"
+    (torch_dir / "version").mkdir(parents=True)
+    (torch_dir / "__init__.py").write_text("__version__ = '2.1.2+cu121'\nfrom torch import version\n")
+    (torch_dir / "version" / "__init__.py").write_text("cuda = '12.1'\n")
+    script = tmp_path / "steps.sh"
+    script.write_text(render_script([step]))
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(tmp_path / "site")})
+    assert proc.returncode == 1
+    assert "expected torch 2.0.1 (CUDA 11.7), found torch 2.1.2 (CUDA 12.1)" in proc.stderr
+    assert "precondition on line" in proc.stderr and "nothing was built" in proc.stderr
+
+
+def test_script_installs_with_uv_pip_into_a_venv_without_pip(tmp_path):
+    """uv-made venvs have no pip: the script's pip_install falls back to `uv pip install --python`."""
+    import shutil
+
+    from fakes import build_wheel
+
+    from moe_env.build_steps import BuildStep
+    from moe_env.lock.backends import uv_binary
+
+    uv = uv_binary()
+    venv = tmp_path / "venv"
+    subprocess.run([uv, "venv", "--python", sys.executable, str(venv)], check=True, capture_output=True, timeout=120,
+                   env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"})
+    py = venv / "bin" / "python"
+    assert subprocess.run([str(py), "-m", "pip", "--version"], capture_output=True).returncode != 0  # really no pip
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    build_wheel(wheels, "toyext", "1.0")
+    step = BuildStep(package="toyext", version="1.0", reason="test", env={}, preconditions=[],
+                     commands=[f"pip_install --no-index --find-links {wheels} toyext==1.0"],
+                     verify=['"$PYTHON" -c "import toyext"'])
+    script = tmp_path / "steps.sh"
+    script.write_text(render_script([step]))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "uv").symlink_to(uv)
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHON": str(py), "PATH": f"{bindir}:/usr/bin:/bin",
+                               "UV_CACHE_DIR": str(tmp_path / "uvcache"), "UV_NO_CONFIG": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "all steps built and verified" in proc.stderr
+    assert shutil.which("pip", path=str(venv / "bin")) is None
+
+
+@pytest.mark.parametrize("command", [["build-steps", "toy"], ["dockerfile", "toy"]])
+def test_a_hostile_matrix_version_never_reaches_a_script(tmp_path, command):
+    """issue 16: a version from a matrix override that carries shell ends in exit 2, not in a RUN line."""
+    root = write_matrix(tmp_path / "matrix")
+    proj = root / "projects" / "toymoe.toml"
+    proj.write_text(proj.read_text().replace('flash-attn = "2.5.8"', 'flash-attn = "2.5.8;touch${IFS}/tmp/pwned"'))
+    proc = subprocess.run([sys.executable, "-m", "moe_env", *command], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MOE_ENV_MATRIX": str(root), "MOE_ENV_NVCC_VERSION": "none"})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("moe-env: error: ") and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stdout == "" and not os.path.exists("/tmp/pwned")
+
+
+def test_a_hostile_source_build_ref_never_reaches_a_script(tmp_path):
+    """The same guard at the script's side, for values the matrix loader does not shape (a git ref)."""
+    from moe_env.build_steps import _safe, _REF
+    from moe_env.errors import UsageError
+    from moe_env.resolver import resolve
+
+    r = resolve(load_matrix(write_matrix(tmp_path / "matrix")), "toy")
+    for bad in ("main;touch /tmp/pwned", "v1\nRUN x", "$(id)", "${HOME}"):
+        with pytest.raises(UsageError, match="cannot go into a build script"):
+            _safe(bad, _REF, "git ref", r)
+    _safe("0123456789abcdef", _REF, "git ref", r)

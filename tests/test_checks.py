@@ -463,7 +463,7 @@ def test_two_distributions_with_one_import_name(matrix):
 
 
 def test_lockfile_source_builds_named_in_moe_env_header():
-    text = ("# then build from source (not in this file): flash-attn==2.5.8, nv-grouped-gemm==1.1.4.post8; run `moe-env build-steps x`\n"
+    text = ("# then install with build steps (not in this file): flash-attn==2.5.8, nv-grouped-gemm==1.1.4.post8; run `moe-env build-steps x`\n"
             "torch==2.1.2 \\\n    --hash=sha256:00\n")
     lock = parse_lockfile(text, "requirements.txt")
     assert sorted(lock.source_builds) == ["flash-attn", "nv-grouped-gemm"]

@@ -428,7 +428,13 @@ def test_find_symbol_follows_reexports(tmp_path):
     assert not ext["found"] and "compiled extension" in ext["error"]
     assert "no module nothere" in find_symbol(paths, "nothere.x")["error"]
     assert find_symbol(paths, "pkg.public.attr")["error"].startswith("pkg.public is a function")
-    assert set(find_symbol(paths, "pkg.public")) == {"symbol", "found", "kind", "params", "file", "line", "error"}
+    assert set(find_symbol(paths, "pkg.public")) == {"symbol", "found", "kind", "params", "file", "line", "error",
+                                                     "signature", "undecided"}
+    # doctor --code: a miss the source could still supply at run time is "undecided", a plain miss is not
+    assert ext["undecided"] and loop["undecided"]
+    assert lazy["undecided"] is None  # its __getattr__ names nothing: `thing` is not written anywhere in the file
+    assert find_symbol(paths, "pkg.hidden")["undecided"] is None
+    assert find_symbol(paths, "pkg.renamed")["signature"]["kwarg"] == "kw"
 
 
 def test_find_symbol_reports_reexport_of_missing_name(tmp_path):

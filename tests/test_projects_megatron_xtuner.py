@@ -237,7 +237,7 @@ def _matches(tri):
 
 
 def _matched(matrix, project, text):
-    tri = explain_text(text, matrix, [matrix.project(project)])
+    tri = explain_text(text, matrix, [matrix.project(project)], generic=False)
     return {m.issue.id: m for m in _matches(tri)}
 
 
@@ -292,7 +292,7 @@ def test_xtuner_shard_loading_lines_are_benign(matrix):
     got = _matched(matrix, "xtuner", XTUNER_879 + "\n" + XTUNER_LOAD_LOG)
     assert set(got) == XTUNER_BENIGN_IDS
     assert all(m.issue.benign for m in got.values())
-    tri = explain_text(XTUNER_LOAD_LOG, matrix, [matrix.project("xtuner")])
+    tri = explain_text(XTUNER_LOAD_LOG, matrix, [matrix.project("xtuner")], generic=False)
     assert _matches(tri) and not any(not m.issue.benign for m in _matches(tri))
 
 

@@ -216,9 +216,6 @@ AUDIT_REAL_LINES = [
     ("  cause: Because deepspeed>=0.15.0 depends on pydantic>=2.0.0 and you require deepspeed>=0.15, we can "
      "conclude that you require pydantic>=2.0.0.", "mgm-deepspeed-pydantic-conflict"),
     ("    deepspeed 0.15.0 depends on pydantic>=2.0.0", "mgm-deepspeed-pydantic-conflict"),
-    ("deepspeed.ops.op_builder.builder.CUDAMismatchException: >- DeepSpeed Op Builder: Installed CUDA version 12.4 "
-     "does not match the version torch was compiled with 11.8, unable to compile cuda/cpp extensions without a "
-     "matching cuda version.", "mgm-deepspeed-nvcc-mismatch"),
     ("You are using a model of type mixtral to instantiate a model of type mini_gemini. This is not supported for "
      "all configurations of models and can yield errors.", "mgm-mixtral-routed-dense"),
     ("Some weights of the model checkpoint at model_zoo/LLM/mixtral/Mixtral-8x7B-Instruct-v0.1 were not used when "
@@ -263,7 +260,7 @@ def _triage_ids(matrix, line):
     streaming path: literal prefilter, then the full patterns on the candidate lines)."""
     from moe_env.triage import explain_text
 
-    triage = explain_text(line + "\n", matrix, [_project(matrix, name) for name in PROJECTS])
+    triage = explain_text(line + "\n", matrix, [_project(matrix, name) for name in PROJECTS], generic=False)
     return sorted(issue_id for _, issue_id in triage.matches)
 
 

@@ -163,11 +163,17 @@ def test_write_atomic_keeps_mode_and_never_clobbers(tmp_path):
 def test_write_atomic_long_names_and_non_regular_targets(tmp_path):
     name = "x" * 255
     assert write_atomic(tmp_path / name, "ok") is True
+    null, full = tmp_path / "null", tmp_path / "full"
+    if os.getuid() != 0:
+        pytest.skip("making device nodes needs root")
+    os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # our own /dev/null and /dev/full: a bug here
+    os.mknod(full, 0o666 | stat.S_IFCHR, os.makedev(1, 7))  # cannot damage the machine's /dev
     with pytest.raises(UsageError, match="not a regular file"):
-        write_atomic("/dev/null", "data")
-    assert write_atomic("/dev/null", "data", force=True) is True
+        write_atomic(null, "data")
+    assert write_atomic(null, "data", force=True) is True and stat.S_ISCHR(null.stat().st_mode)
     with pytest.raises(UsageError, match="No space left"):
-        write_atomic("/dev/full", "data", force=True)
+        write_atomic(full, "data", force=True)
+    assert stat.S_ISCHR(full.stat().st_mode)
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     started = time.monotonic()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple, Union
 
-from moe_env.checks import torch_build, dependencies, kinds, platform, host  # noqa: F401  (registration; generic checks run in this order)
+from moe_env.checks import torch_build, dependencies, extensions, kinds, platform, host  # noqa: F401  (registration; generic checks run in this order)
 from moe_env.checks.registry import GENERIC, KINDS, Context
 from moe_env.environment import Environment
 from moe_env.errors import UsageError

@@ -42,7 +42,7 @@ class Lockfile:
     source_builds: Dict[str, LockedPin] = field(default_factory=dict)
 
 
-_SOURCE_BUILDS = re.compile(r"^#\s*then build from source \(not in this file\):\s*([^;]+)")
+_SOURCE_BUILDS = re.compile(r"^#\s*then (?:build from source|install with build steps) \(not in this file\):\s*([^;]+)")
 
 
 def parse_lockfile(text: str, origin: str) -> Lockfile:

@@ -186,8 +186,23 @@ def _must_compile(ctx: Context) -> List[str]:
         wants_fa = any(p.package.lower() in ("flash-attn", "flash_attn") for p in ctx.project.pins)
         fa = ctx.env.extensions.get("flash-attn")
         if wants_fa and ctx.env.dist("flash-attn") is None and not (fa and fa.present):
-            reasons.append(f"flash-attn is not installed ({ctx.project.name} uses it; without a matching wheel it builds from source)")
+            wheel = _flash_attn_wheel(ctx)
+            if wheel is None or not wheel.exists:
+                why = wheel.why if wheel is not None else "without a matching wheel it builds from source"
+                reasons.append(f"flash-attn is not installed ({ctx.project.name} uses it; {why})")
     return reasons
+
+
+def _flash_attn_wheel(ctx: Context):
+    """moe_env.wheels' answer for the flash-attn release the project's stacks pin, on this torch; None if unpinned."""
+    from moe_env.wheels import flash_attn_wheel
+
+    t = ctx.env.torch
+    pinned = [s.pins.get("flash-attn") for s in ctx.project.stacks if s.pins.get("flash-attn")] if ctx.project else []
+    if t is None or not pinned:
+        return None
+    py = ".".join(ctx.env.python.version.split(".")[:2])
+    return flash_attn_wheel(ctx.matrix, pinned[0], t.version, cuda_major_minor(t.cuda) or t.cuda, py, t.cxx11_abi)
 
 
 @generic("nvcc-torch-cuda")

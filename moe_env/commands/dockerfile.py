@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 EPILOG = """\
 The image: the nvidia/cuda base whose CUDA matches the stack's torch build (devel where something
@@ -58,8 +59,11 @@ def register(sub) -> None:
                    help="build-context path of the lockfile to install (default: requirements.<stack>.txt, "
                         "written beside the Dockerfile with -o)")
     p.add_argument("--moe-env", dest="moe_env_spec", metavar="SPEC", default="",
-                   help="what pip installs for moe-env in the image (default: moe-env==this version)")
-    p.add_argument("-o", "--output", metavar="FILE", help="write the Dockerfile here (atomically) instead of stdout")
+                   help="a published moe-env for the image (moe-env==0.1.0) or a .whl in the build context "
+                        "(default: a wheel of this moe-env, which -o writes into the context)")
+    p.add_argument("-o", "--output", metavar="FILE|DIR",
+                   help="write the Dockerfile (DIR/Dockerfile for a folder), the stack's lockfile and a wheel of this "
+                        "moe-env beside it, atomically, instead of printing the Dockerfile")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     p.set_defaults(func=run)
 
@@ -73,6 +77,7 @@ def run(args) -> int:
     from moe_env.errors import UsageError
     from moe_env.matrix.loader import load_matrix
 
+    validate_args(args)
     matrix = load_matrix()
     resolution = _resolve(matrix, args)
     stack = resolution.stack
@@ -87,10 +92,12 @@ def run(args) -> int:
         matrix_dir=args.matrix_dir.rstrip("/"),
         lockfile=args.lockfile,
         moe_env_spec=args.moe_env_spec,
-        command="moe-env " + " ".join(shlex.quote(a) for a in argv) if argv else "",
+        command=_one_line("moe-env " + " ".join(shlex.quote(a) for a in argv)) if argv else "",
     )
     plan = plan_dockerfile(matrix, resolution, steps, options)
     text = render_dockerfile(plan)
+
+    from moe_env.selfwheel import build as build_wheel, wheel_name
 
     shipped = _shipped_lockfile(resolution)
     if not args.output:
@@ -99,10 +106,17 @@ def run(args) -> int:
             hint = f"moe-env lock {plan.project}" + (f" --model {plan.variant}" if plan.variant else "")
             print(f"moe-env: the build context needs {plan.lockfile}: {hint} --cuda {plan.cuda} "
                   f"--python {plan.python} -o {plan.lockfile}", file=sys.stderr)
+        if not args.moe_env_spec:
+            print(f"moe-env: the build context needs {wheel_name()} (a wheel of this moe-env): "
+                  "`moe-env dockerfile ... -o DIR` writes it with the Dockerfile", file=sys.stderr)
         return 0
 
     out = Path(args.output)
+    if args.output.endswith("/") or out.is_dir() and not (out / "Dockerfile").is_dir() and out.name != "Dockerfile":
+        out = out / "Dockerfile"  # -o DIR: the build context
     writes = [(out, text.encode("utf-8"))]
+    if not args.moe_env_spec:
+        writes.append((out.parent / wheel_name(), build_wheel(out.parent / wheel_name())))
     if not args.lockfile:
         if shipped is None:
             raise UsageError(
@@ -111,12 +125,54 @@ def run(args) -> int:
                 f"--python {plan.python} -o {out.parent / plan.lockfile}` and pass --lockfile {plan.lockfile}"
             )
         writes.append((out.parent / plan.lockfile, Path(shipped).read_bytes()))
-    for path, data in writes:  # check every target before writing any
+    from moe_env.output import write_all
+
+    for path, data in writes:  # a folder where a file goes: say so before anything is written
         _check_target(path, data, args.force)
-    for path, data in writes:
-        _write_atomic(path, data)
+    write_all(writes, force=args.force)  # the Dockerfile, its lockfile and the wheel: all of them or none
     print(f"moe-env: wrote {', '.join(str(p) for p, _ in writes)}", file=sys.stderr)
     return 0
+
+
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")  # registry/name:tag@sha256:digest
+_CONTEXT_PATH = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.(?:/|$))[A-Za-z0-9._+/-]{1,255}$")  # inside the build context
+
+
+def validate_args(args) -> None:
+    """Every value that reaches a Dockerfile instruction or a build script: no newline, no ${...}, no quote.
+
+    An image reference, build-context paths and a pip requirement have small grammars; a value outside
+    them is refused (exit 2) rather than quoted, because Dockerfile instructions have no quoting that
+    covers every instruction (FROM, COPY and RUN differ).
+    """
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    from moe_env.errors import UsageError
+
+    if args.base and not _IMAGE.match(args.base):
+        raise UsageError(f"--base {_one_line(args.base)!r}: not an image reference (registry/name:tag)")
+    for flag, value in (("--wheelhouse", args.wheelhouse), ("--matrix-dir", args.matrix_dir), ("--lockfile", args.lockfile)):
+        if value and not _CONTEXT_PATH.match(value):
+            raise UsageError(f"{flag} {_one_line(value)!r}: expected a relative path inside the build context "
+                             "(letters, digits, . _ + - /; no '..')")
+    spec = args.moe_env_spec
+    if spec:
+        if _CONTEXT_PATH.match(spec) and spec.endswith(".whl"):
+            return
+        try:
+            req = Requirement(spec)
+        except InvalidRequirement:
+            req = None
+        if req is None or req.url or any(c in spec for c in "\n\r$`'\"\\;|&<>") or req.name.lower().replace("_", "-") != "moe-env":
+            raise UsageError(f"--moe-env {_one_line(spec)!r}: expected a requirement for moe-env (moe-env==0.1.0) "
+                             "or a .whl path inside the build context")
+
+
+def _one_line(text: str) -> str:
+    """A value shown in a Dockerfile comment: control characters escaped, so it cannot start a new line."""
+    from moe_env.untrusted import printable
+
+    return printable(text)
 
 
 def _shown_argv(argv):
@@ -184,38 +240,8 @@ def _shipped_lockfile(resolution):
 
 
 def _check_target(path, data: bytes, force: bool) -> None:
+    """A folder where the Dockerfile goes: say so before anything is written (write_all judges the rest)."""
     from moe_env.errors import UsageError
 
     if path.is_dir():
         raise UsageError(f"{path} is a folder; give a file name (e.g. {path / 'Dockerfile'})")
-    if path.exists() and not force:
-        if path.is_file() and path.read_bytes() == data:
-            return
-        raise UsageError(f"{path} exists; pass --force to replace it")
-    if not path.parent.is_dir():
-        raise UsageError(f"{path.parent}: no such folder")
-
-
-def _write_atomic(path, data: bytes) -> None:
-    import os
-    import tempfile
-
-    from moe_env.errors import UsageError
-
-    if path.exists() and path.is_file() and path.read_bytes() == data:
-        return
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None

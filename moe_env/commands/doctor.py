@@ -18,6 +18,10 @@ examples:
   moe-env doctor --json > $(hostname).json         a report for `moe-env diff` or --from-json
   moe-env doctor --from-json node07.json mgm       judge a saved report again, no probing
   moe-env doctor --lockfile requirements.lock      what differs from a lockfile
+  moe-env doctor --code ~/src/MGM --python /opt/venv/bin/python
+                                                   your checkout's imports, calls and super() calls against
+                                                   the installed libraries (read with ast, never run)
+  MOE_ENV_GPUS=V100x8 moe-env doctor mgm --from-lock requirements.lock  a lockfile, as if installed on those GPUs
 
 The text report starts with a summary of the stack and ends with one install command for every fix
 that is a requirement (uv pip install --python V when the target has no pip).
@@ -52,7 +56,11 @@ def register(sub) -> None:
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     p.add_argument("--json", action="store_true", help="print one JSON document (schema moe-env.doctor/1)")
     p.add_argument("--from-json", metavar="FILE", help="judge a saved `doctor --json` report instead of probing ('-' = stdin)")
+    p.add_argument("--from-lock", metavar="FILE",
+                   help="judge a lockfile (requirements or pylock.toml) as if installed on this host, or the one stated by MOE_ENV_*")
     p.add_argument("--lockfile", metavar="FILE", help="also report what differs from this requirements-style lockfile")
+    p.add_argument("--code", metavar="PATH",
+                   help="also judge this checkout (or .py file) against the installed libraries, statically")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help=f"give up on the probe after this long (default {DEFAULT_TIMEOUT:g})")
     p.set_defaults(func=run)
@@ -104,8 +112,18 @@ def _run(args, early) -> int:
 
     matrix = load_matrix_cached()
     project = resolve_project(matrix, args.project) if args.project else None
+    code = None
+    if getattr(args, "code", None):
+        from moe_env.code.run import prepare
 
-    if args.from_json:
+        code = prepare(args.code)
+        project = project or code.project(matrix)
+
+    if args.from_lock:
+        from moe_env.lock.as_env import doctor_from_lock_args
+
+        env, project, variants = doctor_from_lock_args(args, matrix, project)
+    elif args.from_json:
         saved = read_report(args.from_json)
         env = saved.environment
         if args.build:
@@ -114,7 +132,7 @@ def _run(args, early) -> int:
             project = matrix.project(saved.project)
         variants = list(args.model) or (list(saved.variants) if project and saved.project == project.name else [])
     else:
-        env = _probe(args, matrix, project, early)
+        env = _probe(args, matrix, project, early, code)
         variants = list(args.model)
 
     notes = []
@@ -155,11 +173,14 @@ def _run(args, early) -> int:
         # a package the lockfile pins and the environment lacks is one problem: the lockfile's finding says it
         gone = {f.requirement.split("==")[0] for f in locked if f.id == "lock.missing" and f.requirement}
         findings = [f for f in findings if not (f.id == "deps.missing" and _req_name(f.requirement) in gone)] + locked
+    if code is not None:
+        findings = code.findings(findings, env, matrix, project, saved=bool(args.from_json))
     from moe_env.findings import sort_findings
 
     findings = sort_findings(findings)
     report = Report(environment=env, findings=findings, project=project.name if project else None,
-                    variants=[v.id for v in chosen], detected=detected)
+                    variants=[v.id for v in chosen], detected=detected,
+                    code=code.section() if code is not None else None)
     if args.json:
         sys.stdout.write(report.to_json(strict=args.strict))
     else:
@@ -168,12 +189,13 @@ def _run(args, early) -> int:
         from moe_env.term import use_color
 
         color = use_color(sys.stdout)
-        sys.stdout.write(render_findings(findings, color=color, header=_header(report, project, args.from_json),
+        header = _header(report, project, args.from_json) + (f"\n{code.header()}" if code is not None else "")
+        sys.stdout.write(render_findings(findings, color=color, header=header,
                                          facts=environment_summary(env, matrix), fix_all=combined_fix(findings, env)))
     return exit_code(findings, args.strict)
 
 
-def _probe(args, matrix, project, early=None):
+def _probe(args, matrix, project, early=None, code=None):
     """Run the probe in the target interpreter (it validates --python and turns failures into one line).
 
     Only the symbols the project's checks need are looked up (every project's when none is named, so
@@ -186,7 +208,7 @@ def _probe(args, matrix, project, early=None):
         early.kill()  # the pre-scan of the command line guessed another interpreter
         early = None
     env = probe_environment(args.python, symbols_needed(matrix, project), build_mode=args.build, timeout=args.timeout,
-                            started=early)
+                            started=early, code=code.request() if code is not None else None)
     if args.build:
         env.host.build_mode = True
     return env
@@ -215,7 +237,7 @@ def _read_lockfile(path):
 
 def _header(report, project, from_json) -> str:
     py = report.environment.python
-    where = f"report {from_json}" if from_json else py.executable
+    where = f"report {from_json}" if from_json else py.executable  # a lockfile's "executable" names the lockfile
     head = f"moe-env doctor: {where} (Python {py.version})"
     if project is not None:
         how = "detected" if report.detected else "project"

@@ -105,13 +105,16 @@ def _emit(data: Dict[str, Any]) -> None:
 
 
 def run_list(args) -> int:
+    from moe_env.lock.shipped import shipped_lockfile
+
     matrix = _load(args)
     projects = sorted(matrix.projects.values(), key=lambda p: p.name)
     if args.json:
         _emit({"projects": [{
             "name": p.name, "title": p.info.title, "aliases": p.info.aliases, "file": p.file,
             "variants": [{"id": v.id, "title": v.title, "moe": v.moe} for v in p.variants],
-            "stacks": [{"id": s.id, "variants": s.variants, "cuda": s.cuda, "python": s.python, "pins": s.pins}
+            "stacks": [{"id": s.id, "variants": s.variants, "cuda": s.cuda, "python": s.python, "pins": s.pins,
+                        "shipped": shipped_lockfile(p.name, s) is not None}
                        for s in p.stacks],
         } for p in projects]})
         return 0
@@ -124,7 +127,8 @@ def run_list(args) -> int:
         print("  variants: " + (", ".join(f"{v.id}{'' if v.moe else ' (dense)'}" for v in p.variants) or "none"))
         for s in p.stacks:
             key = ", ".join(f"{k} {v}" for k, v in s.pins.items() if k in ("torch", "deepspeed", "transformers", "megatron-core", "xtuner"))
-            print(f"  stack {s.id}: {', '.join(s.variants)} | cuda {s.cuda} | python {s.python} | {key}")
+            ships = "ships a lockfile (offline)" if shipped_lockfile(p.name, s) else "fresh resolution (network)"
+            print(f"  stack {s.id}: {', '.join(s.variants)} | cuda {s.cuda} | python {s.python} | {key} | {ships}")
     return 0
 
 

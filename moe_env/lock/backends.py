@@ -34,6 +34,12 @@ _NETWORK_PATTERNS = re.compile(
 _INDEX_OPTION = re.compile(r"^\s*(--index-url|--extra-index-url|-i\s|--find-links|-f\s|--trusted-host|--no-index)")
 
 
+# connect timeout and retries of the backends (read timeouts stay theirs: big wheels take long)
+FAIL_FAST = {"UV_HTTP_CONNECT_TIMEOUT": "5", "UV_HTTP_RETRIES": "0", "PIP_RETRIES": "0", "PIP_TIMEOUT": "15"}
+
+_OFFLINE = re.compile(r"network (?:connectivity )?(?:is|was) disabled|--offline|offline mode", re.IGNORECASE)
+
+
 class LockError(MoeEnvError):
     """The backend found no set of versions satisfying the stack (a problem found: exit 1)."""
 
@@ -152,6 +158,10 @@ def resolve_fresh(inp: LockInput, backend: str = "uv", fmt: str = "requirements"
             version = _dist_version("pip-tools")
         env = dict(os.environ)
         env.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        # an unreachable index fails in seconds, not after uv's/pip's retries with back-off (13-19 s); the
+        # user's own settings win
+        for key, value in FAIL_FAST.items():
+            env.setdefault(key, value)
         start = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp)
@@ -170,6 +180,11 @@ def resolve_fresh(inp: LockInput, backend: str = "uv", fmt: str = "requirements"
 
 def _raise_failure(backend: str, output: str, offline_hint: str) -> None:
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    offline_env = [k for k in ("UV_OFFLINE", "PIP_NO_INDEX") if os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")]
+    if _OFFLINE.search(output) or (offline_env and re.search(r"not found in the cache|no solution|could not find", output, re.I)):
+        said = f" ({'='.join([offline_env[0], os.environ[offline_env[0]]])} is set)" if offline_env else ""
+        raise NetworkError(f"{backend} may not use the network{said}, and a fresh resolution needs the package index; "
+                           f"unset it or use a shipped lockfile{offline_hint}")
     if _NETWORK_PATTERNS.search(output) and not re.search(r"no solution found|ResolutionImpossible|Could not find a version", output, re.I):
         first = next((ln for ln in lines if _NETWORK_PATTERNS.search(ln)), lines[0] if lines else "")
         raise NetworkError(f"{backend} could not reach the package index ({first[:200]}){offline_hint}")

@@ -89,6 +89,9 @@ def header(resolution: Resolution, inp: LockInput, backend: str, command: str, d
     ]
     lines += [f"source: {src}" for src in s.source]
     lines += [f"departs from upstream: {d}" for d in s.departs]
+    from moe_env.resolver import gpu_coverage
+
+    lines += gpu_coverage(resolution)
     lines += [f"note: {reason}" for reason in r.reasons[1:]]
     lines.append(f"command: {command}")
     lines.append(f"resolved: {date} by {backend} --generate-hashes, for Python {inp.python} on {inp.platform}")
@@ -98,7 +101,10 @@ def header(resolution: Resolution, inp: LockInput, backend: str, command: str, d
     lines.append(f"install: {install}")
     later = build_later(resolution)
     if later:
-        lines.append(f"then build from source (not in this file): {', '.join(later)}; "
+        from moe_env.build_steps import build_steps
+
+        lines.append(f"then install with build steps (not in this file): {', '.join(later)}; "
                      f"run `moe-env build-steps {r.project.name}" + (f" --model {r.variant.id}" if r.variant else "")
                      + f" --cuda {t.cuda} --python {t.python}`")
+        lines += [f"build step: {s.package} {s.version}: {s.summary}" for s in build_steps(resolution) if s.summary]
     return "".join(f"# {ln}\n" for ln in lines) + "\n"

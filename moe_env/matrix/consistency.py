@@ -65,28 +65,11 @@ def _runs_on(cc: str, archs: List[str], ptx: str) -> bool:
 
 
 def flash_attn_wheel(matrix: Matrix, version: str, torch: str, cuda: str, python: str) -> Optional[bool]:
-    """Whether flash-attn `version` publishes a prebuilt wheel setup.py would pick for this torch/CUDA/Python.
+    """Whether flash-attn `version` publishes the prebuilt wheel setup.py would pick (moe_env.wheels decides)."""
+    from moe_env.wheels import flash_attn_wheel as answer
 
-    Matches the torch minor, the Python minor, the CUDA major (the wheel tag rule from 2.3.6 on) and the
-    C++ ABI of the PyPI torch build. None when the matrix has no [[wheels]] row for the version.
-    """
-    from packaging.version import Version
-
-    rows = [w for w in matrix.flash_attn_wheels if Version(w.version) == Version(version)]
-    if not rows:
-        return None
     row = matrix.torch_release(torch)
-    minor = ".".join(torch.split("+", 1)[0].split(".")[:2])
-    major = cuda.split(".", 1)[0]
-    for w in rows:
-        if minor not in w.torch or python not in w.python:
-            continue
-        if not any(c.split(".", 1)[0] == major for c in w.cuda):
-            continue
-        if row is not None and row.cxx11_abi not in w.cxx11_abi:
-            continue
-        return True
-    return False
+    return answer(matrix, version, torch, cuda, python, row.cxx11_abi if row is not None else None).exists
 
 
 def _stack_checks(project: Project, stack: Stack):

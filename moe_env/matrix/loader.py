@@ -64,7 +64,8 @@ _PROJECT: Dict[str, Tuple[type, str]] = {
     "rule": (m.Rule, "rules"),
     "known_issue": (m.KnownIssue, "known_issues"),
 }
-_TOP_SCALARS = {"package", "schema", "description"}
+_TOP_SCALARS = {"package", "schema", "description", "class"}
+DECODERS = ("cuda_api", "cuda_min")  # KnownIssue.decode values the triage understands
 
 # fields holding versions or specifiers, checked with packaging
 _VERSION_FIELDS = {
@@ -145,6 +146,13 @@ def _load_file(matrix: m.Matrix, rel: str, data: Dict[str, Any]) -> None:
             attr = "releases" if key == "release" else "api"
             norm = _norm(package)
             getattr(matrix, attr).setdefault(norm, []).extend(_entries(_PACKAGE[key], value, rel, key))
+        elif key == "known_issue" and project is None:
+            cls_name = data.get("class", "")
+            if not isinstance(cls_name, str) or not cls_name:
+                raise MatrixError(f"{rel}: class: a file of generic [[known_issue]] entries needs `class = \"NAME\"` (its failure class)")
+            for issue in _entries(m.KnownIssue, value, rel, key):
+                issue.failure_class = issue.failure_class or cls_name
+                matrix.known_issues.append(issue)
         elif key in _PROJECT:
             if project is None:
                 raise MatrixError(f"{rel}: {key}: [[{key}]] entries belong in a project file ([project] or extends = \"NAME\")")
@@ -258,11 +266,17 @@ def _validate_entry(obj: Any, rel: str, where: str) -> None:
                 key = f"{name}.{k}" if k else name
                 raise MatrixError(f"{rel}: {where}.{key}: {v!r} is not a valid version specifier") from None
     if isinstance(obj, m.KnownIssue):
-        for i, pat in enumerate(obj.patterns):
-            try:
-                re.compile(pat)
-            except re.error as exc:
-                raise MatrixError(f"{rel}: {where}.patterns[{i}]: bad regular expression: {exc}") from None
+        for key in ("patterns", "context"):
+            for i, pat in enumerate(getattr(obj, key)):
+                try:
+                    re.compile(pat)
+                except re.error as exc:
+                    raise MatrixError(f"{rel}: {where}.{key}[{i}]: bad regular expression: {exc}") from None
+        if obj.decode and obj.decode not in DECODERS:
+            raise MatrixError(f"{rel}: {where}.decode: {obj.decode!r} is not one of {', '.join(DECODERS)}")
+        for d in obj.doctor:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", d):
+                raise MatrixError(f"{rel}: {where}.doctor: {d!r} is not a doctor finding id")
     if isinstance(obj, m.Stack):
         for pkg, ver in obj.pins.items():
             try:
@@ -273,6 +287,11 @@ def _validate_entry(obj: Any, rel: str, where: str) -> None:
 
 def _cross_check(matrix: m.Matrix) -> None:
     """References between entries: variants named by stacks, checks, rules and defaults exist; ids are unique."""
+    generic_ids: Dict[str, str] = {}
+    for issue in matrix.known_issues:
+        if issue.id in generic_ids:
+            raise MatrixError(f"generic known_issue id {issue.id!r} is defined twice (class {generic_ids[issue.id]} and {issue.failure_class})")
+        generic_ids[issue.id] = issue.failure_class
     for p in matrix.projects.values():
         ids = {v.id for v in p.variants}
         rel = p.file

@@ -264,6 +264,10 @@ class KnownIssue:
     severity: str = "error"
     benign: bool = False  # a scary message that is harmless
     variants: List[str] = field(default_factory=list)
+    doctor: List[str] = field(default_factory=list)  # doctor finding ids that predict this error
+    failure_class: str = ""  # generic issues: the class they belong to (the file's `class`)
+    decode: str = ""  # a decoder of a named group in the pattern ("cuda_api": 11040 -> CUDA 11.4)
+    context: List[str] = field(default_factory=list)  # regexes one of which must appear in the same traceback or the lines just before
 
 
 @dataclass
@@ -311,6 +315,7 @@ class Matrix:
     api: Dict[str, List[ApiEntry]] = field(default_factory=dict)  # by normalised package name
     flash_attn_wheels: List[FlashAttnWheels] = field(default_factory=list)
     conflicts: List[Conflict] = field(default_factory=list)
+    known_issues: List[KnownIssue] = field(default_factory=list)  # generic ones (compat_matrix/generic/)
     projects: Dict[str, Project] = field(default_factory=dict)  # by name
 
     def project(self, name: str) -> Optional[Project]:

@@ -6,7 +6,7 @@ time (Docker builds, CI, login nodes):
 
 - MOE_ENV_CUDA_DRIVER_VERSION=550.54.15
 - MOE_ENV_GPUS=8.0x8 | H100:9.0 | A100:8.0x8 | H100x8 | "H100:9.0,A100" | none
-- MOE_ENV_NVCC_VERSION=12.1
+- MOE_ENV_NVCC_VERSION=12.1 | none (the target has no CUDA toolkit)
 - MOE_ENV_HOSTNAME=node07 (the node's name in reports; containers often have random host names)
 - MOE_ENV_SHM_SIZE=64M | 1G | 67108864 (the /dev/shm a container will get: `docker run --shm-size`)
 - MOE_ENV_HOST_ROOT=/path (read /sys, /proc, /dev/shm and the container markers under this folder: tests,
@@ -391,6 +391,10 @@ def _nvcc(host: HostInfo, env, root: str = "/") -> None:
     host.cuda_home_source = _cuda_home_with_source(env, root)[1]
     host.nvcc_path = nvcc
     override = (env.get("MOE_ENV_NVCC_VERSION") or "").strip()
+    if override.lower() == "none":  # the target has no CUDA toolkit, whatever this machine has
+        host.nvcc_version = host.nvcc_path = host.cuda_home = None
+        host.overrides.append("MOE_ENV_NVCC_VERSION")
+        return
     if override:
         if not re.match(r"^\d{1,2}\.\d{1,2}(\.\d{1,4}){0,2}$", override) or not 1 <= int(override.split(".")[0]) <= 30:
             raise UsageError(f"MOE_ENV_NVCC_VERSION={_short(override)}: expected a CUDA version such as 12.1")

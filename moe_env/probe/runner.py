@@ -86,12 +86,17 @@ class ProbeRun:
             raise UsageError(f"--python {python}: cannot run it ({exc.strerror or exc}); "
                              "is it a Python interpreter?") from None
 
-    def finish(self, symbols: Iterable[str], timeout: float) -> dict:
-        """Send the request, wait for the JSON; a one-line MoeEnvError when the target is not a working Python."""
+    def finish(self, symbols: Iterable[str], timeout: float, code: Optional[dict] = None) -> dict:
+        """Send the request, wait for the JSON; a one-line MoeEnvError when the target is not a working Python.
+
+        `code` ({"symbols": [...], "libraries": [...]}) asks, in the same run, about the names a checkout uses."""
         proc = self.proc
         if proc is None:
             raise MoeEnvError("internal: the probe was already collected")
-        request = json.dumps({"symbols": list(symbols), "extra_paths": _extra_paths()})
+        payload = {"symbols": list(symbols), "extra_paths": _extra_paths()}
+        if code is not None:
+            payload["code"] = code
+        request = json.dumps(payload)
         try:
             stdout, stderr = proc.communicate(request, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -120,9 +125,9 @@ class ProbeRun:
                 pass
 
 
-def run_target(python: str, symbols: Iterable[str], timeout: float) -> dict:
+def run_target(python: str, symbols: Iterable[str], timeout: float, code: Optional[dict] = None) -> dict:
     """Run target.py under `python`; return its JSON object or raise a one-line MoeEnvError."""
-    return ProbeRun(python).finish(symbols, timeout)
+    return ProbeRun(python).finish(symbols, timeout, code)
 
 
 def _parse_output(stdout: str) -> Optional[dict]:
@@ -155,7 +160,8 @@ def _failure(proc: subprocess.CompletedProcess) -> str:
 
 
 def probe_environment(python: Optional[str] = None, symbols: Iterable[str] = (), build_mode: bool = False,
-                      timeout: float = DEFAULT_TIMEOUT, started: Optional[ProbeRun] = None) -> Environment:
+                      timeout: float = DEFAULT_TIMEOUT, started: Optional[ProbeRun] = None,
+                      code: Optional[dict] = None) -> Environment:
     """Probe the interpreter `python` (default: this one) and this host; never imports the target's packages.
 
     With `started` (a ProbeRun begun earlier for the same interpreter), the host facts are gathered
@@ -170,7 +176,7 @@ def probe_environment(python: Optional[str] = None, symbols: Iterable[str] = (),
     except BaseException:
         run.kill()
         raise
-    data = run.finish(symbols, timeout)
+    data = run.finish(symbols, timeout, code)
     try:
         env = Environment.from_dict(data)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -1,8 +1,9 @@
 """moe-env probe: runs INSIDE the target interpreter and prints what it finds as JSON.
 
 Started as `python -I -S target.py [--stdin] [SYMBOL ...]` (see target_site_paths) (stdin: {"symbols": [...], "extra_paths": [...]}).
-It must stay ONE stdlib-only file that parses and runs on Python 3.8 to 3.14, and it never imports
-the packages it inspects: a broken torch or a deepspeed whose import hangs must not stop the probe.
+It must stay ONE stdlib-only entry point that parses and runs on Python 3.8 to 3.14 (elf.py and linkage.py
+beside it are loaded by path, under the same rules), and it never imports or dlopens the packages it
+inspects: a broken torch or a deepspeed whose import hangs must not stop the probe.
 It reads files only:
 
 - distributions: every *.dist-info / *.egg-info on sys.path (METADATA / PKG-INFO headers, RECORD);
@@ -13,6 +14,9 @@ It reads files only:
   c10::Error's std::string parameter (`Ss` old ABI, `NSt7__cxx11...` new ABI);
 - deepspeed: deepspeed/git_version_info_installed.py, written by its setup.py at install time;
 - extensions: presence, version, compiled files listed in RECORD;
+- linkage (linkage.py + elf.py): every compiled file RECORD lists, the ELF dynamic sections of those that
+  link torch (DT_NEEDED resolved as ld.so would, torch symbols looked up in torch's libraries, CUDA
+  major, C++ ABI), the libstdc++/libc the process will load and the GLIBCXX_/GLIBC_ versions needed;
 - API surface: module source parsed with `ast`, following re-exports, executing nothing.
 
 Every failure becomes a line in `probe_errors`; the script itself never raises.
@@ -599,6 +603,47 @@ def _params(fn):
     return names
 
 
+def _decorator_name(node):
+    """`torch.no_grad()` -> "torch.no_grad"; "?" for anything that is not a dotted name (or a call of one)."""
+    if isinstance(node, ast.Call):
+        node = node.func
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return "?"
+    parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def _signature(fn):
+    """What a call needs to be judged against `fn`: parameter kinds, defaults and decorators (which may change them)."""
+    a = fn.args
+    return {"posonly": [x.arg for x in getattr(a, "posonlyargs", [])], "args": [x.arg for x in a.args],
+            "vararg": a.vararg.arg if a.vararg is not None else None,
+            "kwonly": [x.arg for x in a.kwonlyargs],
+            "kwonly_required": [x.arg for x, d in zip(a.kwonlyargs, a.kw_defaults) if d is None],
+            "kwarg": a.kwarg.arg if a.kwarg is not None else None,
+            "defaults": len(a.defaults), "decorators": [_decorator_name(d) for d in fn.decorator_list],
+            "method": False}
+
+
+def _class_may_replace_init(node):
+    """A decorated class (@dataclass...) or one with a metaclass may get its constructor from elsewhere."""
+    if node.decorator_list or any(k.arg == "metaclass" for k in node.keywords):
+        return True
+    block = getattr(node, "_moe_block", None)  # a header-only node: its decorators are on the lines above
+    if block is not None:
+        lines, at = block[0], block[1]
+        i = at - 1
+        while i >= 0 and (not lines[i].strip() or lines[i].lstrip().startswith("#")):
+            i -= 1
+        if i >= 0 and lines[i].lstrip().startswith("@"):
+            return True
+    return False
+
+
 def _bindings(body, name, conditional=False):
     """Statements in `body` (recursing into if/try/with) that bind `name`: [(node, conditional)]."""
     out = []
@@ -645,6 +690,20 @@ def _pick(bindings):
     if plain:
         return plain[-1]
     return bindings[0][0] if bindings else None
+
+
+_MODULE_IMPLICIT = frozenset(["__file__", "__name__", "__doc__", "__path__", "__spec__", "__loader__", "__package__",
+                              "__dict__", "__builtins__", "__cached__", "__annotations__"])
+# members every class has from object and type (read from this interpreter's builtins, not the target's code)
+_CLASS_IMPLICIT = frozenset(dir(object)) | frozenset(dir(type))
+
+
+def _unsure(result, bindings):
+    """Several bindings, none unconditional (`if new: def f(a, b) else: def f(a)`): which one runs is not
+    known statically, so the signature is not given (the name exists either way)."""
+    if result.get("signature") and len(bindings) > 1 and all(cond for _, cond in bindings):
+        result = dict(result, signature=None)
+    return result
 
 
 def _star_imports(tree):
@@ -749,6 +808,8 @@ def _may_rebind(line, name):
     m = _ASSIGN.match(line)
     if m and name in _IDENT.findall(m.group(1)):
         return True
+    if m and re.search(r"=[ \t]*" + re.escape(name) + r"[ \t]*=(?!=)", line):
+        return True  # a chained assignment: `__version__ = version = "1.0"` binds both
     stripped = line.lstrip(" \t")
     if stripped.startswith(("import ", "from ")):
         m = _AFTER_IMPORT.search(stripped)
@@ -822,11 +883,14 @@ class _Resolver(object):
     def __init__(self, index):
         self.index = index
         self.fence = None  # while resolving base classes: the only top-level package imports may lead into
+        self.open_bases = False  # set by member(): a base class could not be followed, so a miss is not certain
 
-    def _result(self, kind, mod, node=None, params=None, error=None, found=True):
+    def _result(self, kind, mod, node=None, params=None, error=None, found=True, signature=None):
         line = getattr(node, "lineno", None) if node is not None else (1 if mod and mod.get("file") else None)
+        if signature is None and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            signature = _signature(node)
         return {"found": found, "kind": kind, "params": params, "file": self.index.rel(mod["file"]) if mod else None,
-                "line": line, "error": error, "_mod": mod, "_node": node}
+                "line": line, "error": error, "_mod": mod, "_node": node, "signature": signature}
 
     def attr(self, mod, name, depth=0, seen=None):
         """Look up `name` in module `mod` the way `from mod import name` would, statically."""
@@ -852,9 +916,10 @@ class _Resolver(object):
             sub = self._submodule(mod, name)
             return sub or {"found": False, "kind": None, "params": None, "file": self.index.rel(mod["file"]),
                            "line": None, "error": error}
-        node = _pick(_bindings(tree.body, name))
+        bindings = _bindings(tree.body, name)
+        node = _pick(bindings)
         if node is not None:
-            return self._binding(mod, node, name, depth, seen)
+            return _unsure(self._binding(mod, node, name, depth, seen), bindings)
         sub = self._submodule(mod, name)
         if sub is not None:
             return sub
@@ -941,13 +1006,77 @@ class _Resolver(object):
         return None, error
 
     def _missing(self, mod, name, why=None):
+        if name in _MODULE_IMPLICIT:
+            return self._result("assignment", mod)
         if mod["kind"] in ("package", "namespace"):
             msg = "no module %s.%s, and %s does not define %s" % (
                 mod["name"], name, self.index.rel(mod["file"]) or "the namespace package", name)
         else:
             msg = "%s (module %s) does not define %s" % (self.index.rel(mod["file"]), mod["name"], name)
         return {"found": False, "kind": None, "params": None, "file": self.index.rel(mod["file"]), "line": None,
-                "error": msg + (" (%s)" % why if why else "")}
+                "error": msg + (" (%s)" % why if why else ""), "undecided": self._dynamic(mod, name)}
+
+    def _names_of(self, mod, expr, name, depth):
+        """Why `dir(expr)` in `mod` may yield `name`; None when expr is a readable module that never mentions it."""
+        parts = [p for p in expr.split(".") if p]
+        if not parts or depth > 10:
+            return "module writes its namespace from dir(%s)" % expr
+        try:
+            r = self.attr(mod, parts[0], depth + 1)
+            for part in parts[1:]:
+                if not r.get("found"):
+                    break
+                r = self.step(r, part, depth + 1)
+        except RecursionError:
+            r = {}
+        target = r.get("_mod") if r.get("found") and r.get("kind") == "module" else None
+        if target is None or self.index.mentions(target, name):
+            return "module writes its namespace from dir(%s)" % expr
+        return None
+
+    def _dynamic(self, mod, name, depth=0):
+        """Why `name`, missing from `mod`'s source, may still exist at run time; None when its absence is certain.
+
+        Name-agnostic machinery (a star import of a module without readable source, globals().update, loops
+        over dir()) may make any name. Name-specific machinery (a module __getattr__, transformers'
+        _LazyModule in sys.modules) needs the name written somewhere in the file, as a word or a quoted
+        string: where it is not, the name is certainly absent."""
+        data, _ = self.index.source(mod)
+        if data is None:
+            return "no readable source"
+        if re.search(rb"globals\(\)\.update|__dict__\.update|setattr\(\s*sys\.modules", data):
+            return "module writes its namespace dynamically"
+        for source in set(re.findall(rb"in\s+dir\(\s*([\w.]*)\s*\)", data)):
+            # `for name in dir(dummy_pt_objects)` (transformers' lazy __init__): the names of another module,
+            # which can only give `name` if that module's source has it
+            why = self._names_of(mod, source.decode("ascii", "replace"), name, depth)
+            if why:
+                return why
+        if re.search(rb"def\s+__getattr__\s*\(|sys\.modules\[|globals\(\)\[", data):
+            word = re.escape(name.encode("ascii", "replace"))
+            if re.search(rb"[\"']" + word + rb"[\"']", data) or has_word(data.decode("utf-8", "replace"), name):
+                return "module makes names at run time (__getattr__ or a lazy module)"
+        if depth > 10:
+            return "star imports nested too deeply"
+        tree, _ = self.index.tree(mod)
+        if tree is None:
+            return "module source cannot be parsed"
+        for star in _star_imports(tree):
+            target_name = _absolute(mod, star.level, star.module)
+            target = self.index.module(target_name) if target_name else None
+            if target is None or target["kind"] in ("extension", "namespace"):
+                return "star import from %s, which has no readable source" % (target_name or "?")
+            if target["name"] != mod["name"]:
+                why = self._dynamic(target, name, depth + 1)
+                if why:
+                    return "star import from %s: %s" % (target_name, why)
+        return None
+
+    def _implicit(self, mod, name):
+        """Attributes every module has (__file__, __name__...): not written in its source, always there."""
+        if name in _MODULE_IMPLICIT:
+            return self._result("assignment", mod)
+        return None
 
     def _submodule(self, mod, name):
         if mod["kind"] not in ("package", "namespace"):
@@ -959,9 +1088,14 @@ class _Resolver(object):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             return self._result("function", mod, node, params=_params(node))
         if isinstance(node, ast.ClassDef):
+            saved = self.open_bases
             init = self.member(mod, node, "__init__", depth + 1)
+            self.open_bases = saved
             params = init["params"] if init and init.get("found") and init.get("kind") == "function" else None
-            return self._result("class", mod, node, params=params)
+            signature = None
+            if params is not None and init.get("signature") and not _class_may_replace_init(node):
+                signature = dict(init["signature"], method=True)
+            return self._result("class", mod, node, params=params, signature=signature)
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.asname == name:
@@ -1019,13 +1153,15 @@ class _Resolver(object):
                 body = full.body if full is not None else []
         else:
             body = cls.body
-        node = _pick(_bindings(body, name))
+        bindings = _bindings(body, name)
+        node = _pick(bindings)
         if node is not None:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                return self._result("function", mod, node, params=_params(node))
+                return _unsure(self._result("function", mod, node, params=_params(node)), bindings)
             if isinstance(node, ast.ClassDef):
                 return self._result("class", mod, node)
             return self._result("assignment", mod, node)
+        unfollowed = False
         for base in cls.bases:
             outer = self.fence
             # bases are followed inside the class's own package only: torch.nn.Module's __init__ says nothing
@@ -1038,7 +1174,13 @@ class _Resolver(object):
             if resolved and resolved.get("found") and resolved["kind"] == "class" and resolved.get("_node") is not None:
                 r = self.member(resolved["_mod"], resolved["_node"], name, depth + 1)
                 if r is not None and r.get("found"):
+                    if unfollowed and r.get("signature"):
+                        # an earlier base that was not read may define it first (MRO): its signature is unsure
+                        r = dict(r, signature=None)
                     return r
+            elif not (isinstance(base, ast.Name) and base.id == "object"):
+                self.open_bases = True
+                unfollowed = True
         return None
 
     def expr(self, mod, node, depth):
@@ -1063,20 +1205,43 @@ class _Resolver(object):
         if kind == "module":
             return self.attr(current["_mod"], part, depth)
         if kind == "class" and current.get("_node") is not None:
+            self.open_bases = False
             r = self.member(current["_mod"], current["_node"], part, depth)
             if r is not None:
+                if r.get("found") and r.get("kind") == "function" and r.get("signature"):
+                    r = dict(r, signature=dict(r["signature"], method=True))
                 return r
+            name = current["_node"].name
+            if part in _CLASS_IMPLICIT and not self.open_bases:  # every base read: object/type supply it
+                return {"found": True, "kind": "function", "params": None, "file": current["file"],
+                        "line": current["line"], "error": None, "signature": None}
             return {"found": False, "kind": None, "params": None, "file": current["file"], "line": current["line"],
-                    "error": "class %s (%s:%s) has no %s" % (current["_node"].name, current["file"], current["line"], part)}
+                    "error": "class %s (%s:%s) has no %s" % (name, current["file"], current["line"], part),
+                    "undecided": "class %s has base classes the static reader does not follow" % name
+                    if self.open_bases else None}
         what = {"function": "a function", "assignment": "a variable", "import": "an import"}.get(kind, kind)
         return {"found": False, "kind": None, "params": None, "file": current.get("file"), "line": current.get("line"),
                 "error": "%s is %s (%s:%s); it has no attribute %s" % (
-                    current.get("_name", "it"), what, current.get("file"), current.get("line"), part)}
+                    current.get("_name", "it"), what, current.get("file"), current.get("line"), part),
+                "undecided": "attributes of %s are not read statically" % what}
 
 
 def _public_symbol(symbol, r):
-    return {"symbol": symbol, "found": bool(r.get("found")), "kind": r.get("kind") if r.get("found") else None,
-            "params": r.get("params"), "file": r.get("file"), "line": r.get("line"), "error": r.get("error")}
+    found = bool(r.get("found"))
+    return {"symbol": symbol, "found": found, "kind": r.get("kind") if found else None,
+            "params": r.get("params"), "file": r.get("file"), "line": r.get("line"), "error": r.get("error"),
+            "signature": r.get("signature") if found else None,
+            "undecided": None if found else (r.get("undecided") or _undecided_error(r.get("error")))}
+
+
+def _undecided_error(error):
+    """Errors that mean "could not read", not "is not there" (unreadable or unparsable source)."""
+    error = error or ""
+    for words in ("syntax error", "cannot read", "cannot parse", "compiled extension", "too deeply nested",
+                  "re-export cycle", "Error: "):
+        if words in error:
+            return error
+    return None
 
 
 def lookup_symbol(index, dotted):
@@ -1379,10 +1544,83 @@ def _origin(dist, errors):
     return None
 
 
+# ---------------------------------------------------------------- compiled files (elf.py, linkage.py)
+
+
+def _sibling(name):
+    """A stdlib-only helper beside this file, loaded by path (the probe runs with -I: no package, no sys.path)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
+    spec = importlib.util.spec_from_file_location("moe_env_probe_" + name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def linkage(dists, torch, errors):
+    """Compiled files judged as the dynamic linker would load them, read from ELF, never loaded."""
+    return _sibling("linkage").probe_linkage(_sibling("elf"), dists, torch, _record_files, _read_text, errors)
+
+
 # ---------------------------------------------------------------- main
 
 
-def probe(symbols=(), extra_paths=()):
+def import_names(dists, editable, errors):
+    """{top-level import name: distribution} from top_level.txt, else RECORD (wheels built without setuptools)."""
+    out = {}
+    for name in sorted(dists):
+        dist = dists[name]
+        tops = None
+        path = dist.get("path") or ""
+        top_file = os.path.join(path, "top_level.txt")
+        if os.path.isfile(top_file):
+            text = _read_text(top_file, errors, limit=100000)
+            if text is not None:
+                tops = [t.strip().split("/")[0] for t in text.splitlines() if t.strip()]
+        if tops is None:
+            rels = _record_files(dist, errors) or []
+            tops = []
+            for rel in rels:
+                first = rel.replace("\\", "/").split("/", 1)[0]
+                if not first or first.startswith(".") or first.endswith((".dist-info", ".egg-info", ".data", ".pth")) \
+                        or first in ("__pycache__", "..", "bin"):
+                    continue
+                if "/" not in rel.replace("\\", "/"):
+                    if not first.endswith((".py",) + _COMPILED_SUFFIXES):
+                        continue
+                    first = first.split(".", 1)[0]
+                if first.isidentifier() and first not in tops:
+                    tops.append(first)
+        for top in tops:
+            if top.isidentifier():
+                out.setdefault(top, name)
+    for top in editable:
+        out.setdefault(top, "")
+    return out
+
+
+def _wanted(symbol, libraries, names):
+    root = symbol.split(".", 1)[0]
+    return root in names or any(symbol == lib or symbol.startswith(lib + ".") for lib in libraries)
+
+
+def _lookup_all(index, symbols, api, errors):
+    for symbol in symbols:
+        if symbol in api:
+            continue
+        try:
+            api[symbol] = lookup_symbol(index, symbol)
+        except RecursionError:
+            api[symbol] = _public_symbol(symbol, {"found": False, "error": "source too deeply nested to read"})
+        except Exception as exc:
+            api[symbol] = _public_symbol(symbol, {"found": False, "error": "%s: %s" % (type(exc).__name__, exc)})
+        err = api[symbol].get("error") or ""
+        if err.startswith(("syntax error", "cannot read")) or " but syntax error" in err or " but cannot read" in err:
+            errors.append("%s: %s" % (symbol, err))
+
+
+def probe(symbols=(), extra_paths=(), code=None):
     started = time.time()
     errors = []
     search_paths = []
@@ -1400,17 +1638,21 @@ def probe(symbols=(), extra_paths=()):
         except Exception as exc:  # a bug or an odd install must not cost the whole report
             errors.append("%s: probe failed (%s: %s)" % (key, type(exc).__name__, exc))
             result[key] = {} if key == "extensions" else None
+    try:
+        result["linkage"] = linkage(dists, result.get("torch"), errors)
+    except Exception as exc:  # as above: a bug or an odd file costs this section only
+        errors.append("linkage: probe failed (%s: %s)" % (type(exc).__name__, exc))
+        result["linkage"] = None
     api = {}
-    for symbol in symbols:
-        try:
-            api[symbol] = lookup_symbol(index, symbol)
-        except RecursionError:
-            api[symbol] = _public_symbol(symbol, {"found": False, "error": "source too deeply nested to read"})
-        except Exception as exc:
-            api[symbol] = _public_symbol(symbol, {"found": False, "error": "%s: %s" % (type(exc).__name__, exc)})
-        err = api[symbol].get("error") or ""
-        if err.startswith(("syntax error", "cannot read")) or " but syntax error" in err or " but cannot read" in err:
-            errors.append("%s: %s" % (symbol, err))
+    _lookup_all(index, symbols, api, errors)
+    if code is not None:
+        # `doctor --code`: the names a user's checkout uses; only those of known libraries and installed
+        # distributions are looked up (the rest are the checkout's own modules or the standard library)
+        names = import_names(dists, editable, errors)
+        result["import_names"] = names
+        libraries = [str(x) for x in code.get("libraries") or []]
+        wanted = [str(x) for x in code.get("symbols") or [] if _wanted(str(x), libraries, names)]
+        _lookup_all(index, wanted, api, [])
     result["api"] = api
     result["probe_errors"] = errors
     result["probe_seconds"] = round(time.time() - started, 4)
@@ -1434,8 +1676,11 @@ def main(argv=None):
             sys.stderr.write("moe-env probe: stdin is not JSON (%s)\n" % exc)
         symbols += [str(s) for s in request.get("symbols") or []]
         extra += [str(p) for p in request.get("extra_paths") or []]
+        code = request.get("code") if isinstance(request.get("code"), dict) else None
+    else:
+        code = None
     symbols += argv
-    result = probe(symbols, extra)
+    result = probe(symbols, extra, code)
     sys.stdout.write("\n" + MARKER + json.dumps(result, sort_keys=True) + "\n")
     sys.stdout.flush()
     return 0
