@@ -10,9 +10,12 @@ before anything is called. torch need not be installed; nothing from the file is
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import io
 import pickle
+import pickletools
+import re
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -26,15 +29,22 @@ class PickleFormatError(Exception):
     """Not a readable pickle / torch zip archive."""
 
 
+class _NoBuild:
+    """A stand-in that a pickle's BUILD opcode may not rewrite (its fields stay the types declared)."""
+
+    def __setstate__(self, state: Any) -> None:
+        raise PickleFormatError(f"BUILD applied to a {type(self).__name__}")
+
+
 @dataclass
-class StorageType:
+class StorageType(_NoBuild):
     """Stand-in for torch.FloatStorage, torch.BFloat16Storage...: only its dtype name."""
 
     dtype: str
 
 
 @dataclass
-class StorageRef:
+class StorageRef(_NoBuild):
     """Stand-in for a storage named by a persistent id (payload never read)."""
 
     dtype: str
@@ -44,7 +54,7 @@ class StorageRef:
 
 
 @dataclass
-class TensorInfo:
+class TensorInfo(_NoBuild):
     """What a tensor in the file looks like: dtype and shape, no data."""
 
     dtype: str
@@ -103,9 +113,25 @@ _TORCH_DTYPES = {
 _TORCH_MISC = {"strided", "sparse_coo", "contiguous_format", "channels_last", "preserve_format"}
 
 
+MAX_DIMS = 32
+MAX_DIM = 1 << 48
+
+
+def _shape(size: Any) -> Tuple[int, ...]:
+    """A tensor shape from the pickle: at most 32 non-negative ints below 2**48, else the file is damaged."""
+    if not isinstance(size, (tuple, list)) or len(size) > MAX_DIMS:
+        raise PickleFormatError("tensor shape is not a short sequence of integers")
+    out = []
+    for d in size:
+        if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d < MAX_DIM:
+            raise PickleFormatError("tensor shape holds something other than a size")
+        out.append(d)
+    return tuple(out)
+
+
 def _rebuild_tensor(storage: Any, offset: Any = 0, size: Any = (), stride: Any = None, *rest: Any) -> TensorInfo:
     dtype = storage.dtype if isinstance(storage, StorageRef) else "?"
-    return TensorInfo(dtype, tuple(int(s) for s in (size or ())))
+    return TensorInfo(dtype, _shape(size or ()))
 
 
 def _rebuild_parameter(data: Any, *rest: Any) -> Any:
@@ -117,7 +143,7 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> An
 
 
 def _torch_size(items: Any = ()) -> Tuple[int, ...]:
-    return tuple(int(i) for i in items)
+    return _shape(tuple(items) if isinstance(items, (list, tuple)) else items)
 
 
 def _codecs_encode(text: Any, encoding: str = "utf-8") -> bytes:
@@ -180,8 +206,12 @@ _RECORD_CLASSES = {
     ("torch.distributed.checkpoint.planner", "WriteItem"),
 }
 # whole namespaces whose classes (enums, config dataclasses) become Records: Megatron pickles its
-# enums (ModelType, AttnBackend...) inside `args`; XTuner/mmengine configs likewise.
-_RECORD_PREFIXES = ("megatron.", "transformer_engine.", "mmengine.config")
+# enums (ModelType, AttnBackend...) inside `args`; XTuner/mmengine configs and message-hub buffers
+# likewise; DeepSpeed pickles ZeroStageEnum (optimizer_state_dict['zero_stage']), its loss scaler and
+# fragment_address records (param_slice_mappings) into every zero_pp_rank_* file
+# (release:deepspeed==0.16.9:deepspeed/runtime/zero/stage_1_and_2.py:2170-2195). A Record is inert:
+# nothing of the named module is imported or called.
+_RECORD_PREFIXES = ("megatron.", "transformer_engine.", "mmengine.", "deepspeed.")
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -192,6 +222,12 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._record_classes: Dict[str, type] = {}
 
     def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle hook
+        # protocol 0-2 pickles (torch.save writes protocol 2) name builtins the Python 2 way
+        # (__builtin__.set); map them as pickle's own find_class does, then apply the allow-list
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         qual = f"{module}.{name}"
         self.globals_seen.append(qual)
         if (module, name) in _ALLOWED_FUNCS:
@@ -200,7 +236,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return StorageType(_DTYPE_OF_STORAGE[name])
         if module == "torch" and (name in _TORCH_DTYPES or name in _TORCH_MISC):
             return f"torch.{name}"
-        if (module, name) in _RECORD_CLASSES or (module.startswith(_RECORD_PREFIXES) and name[:1].isupper()):
+        if (module, name) in _RECORD_CLASSES or (module.startswith(_RECORD_PREFIXES) and name[:1].isalpha()
+                                                  and name.isidentifier() and not name.startswith("_")):
             if qual not in self._record_classes:
                 self._record_classes[qual] = _record_class(qual)
             return self._record_classes[qual]
@@ -221,16 +258,96 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise PickleFormatError(f"unknown persistent id {type(pid).__name__}")
 
 
+def _why(exc: BaseException) -> str:
+    """The type and (for exceptions whose text is not built from the pickle's objects) the message."""
+    if isinstance(exc, LookupError) or type(exc).__name__ not in ("UnpicklingError", "EOFError", "ValueError",
+                                                                   "TypeError", "OverflowError", "UnicodeDecodeError"):
+        return type(exc).__name__
+    try:
+        return f"{type(exc).__name__}: {str(exc)[:120]}"
+    except Exception:
+        return type(exc).__name__
+
+
+MAX_PICKLE = 64 << 20  # a checkpoint's data.pkl holds names and shapes: megabytes, never this
+MAX_MEMO = 1 << 20
+
+
+MAX_TUPLE = 1_000_000  # values a tuple may expand to, shared references counted each time
+
+
+def check_memo(data: bytes) -> None:
+    """Walk the opcodes before the C unpickler sees them and refuse two things it cannot bound:
+    - memo indices far beyond the pickle's size: it grows its memo array to twice the largest index
+      (LONG_BINPUT 0xffffffff asks for 64 GiB);
+    - tuples (or frozensets) that reuse memoized tuples until they expand to more than MAX_TUPLE values:
+      hashing one (as a dict key) walks every path of the shared-reference DAG, 2**60 steps for 60 levels.
+    The walk follows pickletools' stack effects of each opcode and counts expanded sizes, capped."""
+    mark = pickletools.markobject
+    stack: List[int] = []
+    marks: List[int] = []
+    memo: Dict[int, int] = {}
+    cap = MAX_TUPLE * 4
+    n = 0
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            n += 1
+            name = op.name
+            if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                if isinstance(arg, int) and arg > max(MAX_MEMO, n):
+                    raise PickleFormatError(f"pickle memo index {arg} far beyond its {n} opcodes")
+                memo[arg] = stack[-1] if stack else 1
+                continue
+            if name == "MEMOIZE":
+                memo[len(memo)] = stack[-1] if stack else 1
+                continue
+            if name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo.get(arg, 1))
+                continue
+            if name == "STOP":
+                return
+            if name == "MARK":
+                marks.append(len(stack))
+                continue
+            before = op.stack_before
+            children = 0
+            if mark in before:
+                at = marks.pop() if marks else 0
+                children = sum(stack[at:])
+                del stack[at:]
+                fixed = before.index(mark)
+            else:
+                fixed = len(before)
+            popped = stack[len(stack) - fixed:] if fixed else []
+            if fixed:
+                del stack[len(stack) - fixed:]
+            if name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                children, popped = sum(popped), []
+            size = min(cap, 1 + children + sum(popped))
+            if name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "FROZENSET") and size > MAX_TUPLE:
+                raise PickleFormatError(f"a tuple built from shared references expands to more than {MAX_TUPLE} values")
+            stack.extend([size] * len(op.stack_after))
+    except PickleFormatError:
+        raise
+    except Exception as exc:  # genops on damaged data
+        raise PickleFormatError(f"unreadable pickle ({type(exc).__name__})") from None
+
+
 def restricted_loads(data: bytes, persistent: bool = True) -> Any:
     """Unpickle `data` with the allow-list; raises UnsafePickleError or PickleFormatError, never runs code."""
+    if len(data) > MAX_PICKLE:
+        raise PickleFormatError(f"pickle of {len(data)} bytes is larger than a checkpoint's metadata can be")
+    check_memo(data)
     try:
         return RestrictedUnpickler(data, persistent=persistent).load()
     except (UnsafePickleError, PickleFormatError):
         raise
     except RecursionError:
         raise PickleFormatError("pickle nests too deeply") from None
+    except MemoryError:
+        raise PickleFormatError("pickle asks for more memory than a checkpoint's metadata needs") from None
     except Exception as exc:  # truncated, corrupt, or an allowed stand-in given odd arguments
-        raise PickleFormatError(f"unreadable pickle ({type(exc).__name__}: {exc})") from None
+        raise PickleFormatError(f"unreadable pickle ({_why(exc)})") from None
 
 
 @dataclass
@@ -242,25 +359,50 @@ class TorchArchive:
     members: List[str] = field(default_factory=list)
 
 
-def read_torch_file(path: str) -> TorchArchive:
-    """Read a `torch.save` file (zip format, torch >= 1.6) or a bare pickle; tensors become TensorInfo."""
+def zip_pickle(path: str, max_pickle: int = MAX_PICKLE) -> Tuple[bytes, List[str]]:
+    """data.pkl of a torch.save zip and the member names, with every size checked before anything is
+    decompressed (a zip bomb, an encrypted or LZMA/unknown-method member, corrupt deflate data all end as
+    PickleFormatError)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            names = [i.filename for i in infos[:100000]]
+            pkl = [i for i in infos if i.filename.endswith("/data.pkl") or i.filename == "data.pkl"]
+            if not pkl:
+                raise PickleFormatError("zip archive without data.pkl: not a torch.save file")
+            info = pkl[0]
+            if info.flag_bits & 0x1:
+                raise PickleFormatError("data.pkl is encrypted: not a torch.save file")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise PickleFormatError(f"data.pkl uses zip compression method {info.compress_type}; torch.save stores it uncompressed")
+            if info.file_size > max_pickle or (info.compress_type == zipfile.ZIP_DEFLATED and info.compress_size * 1032 < info.file_size):
+                raise PickleFormatError(f"data.pkl declares {info.file_size} bytes: larger than a checkpoint's metadata can be")
+            with zf.open(info) as fh:
+                data = fh.read(max_pickle + 1)
+            if len(data) > max_pickle:
+                raise PickleFormatError("data.pkl is larger than it declares")
+            return data, names
+    except PickleFormatError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        raise PickleFormatError(f"damaged zip archive ({str(exc)[:100]})") from None
+    except Exception as exc:  # zlib.error, lzma.LZMAError, NotImplementedError, RuntimeError, EOFError, OSError...
+        raise PickleFormatError(f"damaged zip archive ({type(exc).__name__}: {str(exc)[:100]})") from None
+
+
+def read_torch_file(path: str, max_pickle: int = MAX_PICKLE) -> TorchArchive:
+    """Read a `torch.save` file (zip format, torch >= 1.6) or a bare pickle; tensors become TensorInfo.
+    Only data.pkl (or, for the pre-1.6 format, the pickles at the start) is read: never the tensors' bytes."""
     with open(path, "rb") as fh:
         head = fh.read(4)
-    if head[:2] == b"PK":
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-                pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
-                if not pkl:
-                    raise PickleFormatError("zip archive without data.pkl: not a torch.save file")
-                data = zf.read(pkl[0])
-        except zipfile.BadZipFile as exc:
-            raise PickleFormatError(f"damaged zip archive ({exc})") from None
-        return TorchArchive(path, restricted_loads(data), names)
-    if head[:1] == b"\x80":
-        with open(path, "rb") as fh:
-            data = fh.read()
-        return TorchArchive(path, _legacy_or_plain(data), [])
+        if head[:2] == b"PK":
+            fh.close()
+            data, names = zip_pickle(path, max_pickle)
+            return TorchArchive(path, restricted_loads(data), names)
+        if head[:1] == b"\x80":
+            fh.seek(0)
+            data = fh.read(max_pickle)  # storages follow the pickles; a pickle longer than this is refused
+            return TorchArchive(path, _legacy_or_plain(data), [])
     raise PickleFormatError("neither a zip archive nor a pickle")
 
 
@@ -270,6 +412,7 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
 def _legacy_or_plain(data: bytes) -> Any:
     """A bare pickle, or the pre-1.6 torch format: magic number, protocol, sys info, then the object
     (storages follow as raw bytes and are never read)."""
+    check_memo(data)
     unpickler = RestrictedUnpickler(data)
     try:
         first = unpickler.load()
@@ -280,23 +423,44 @@ def _legacy_or_plain(data: bytes) -> Any:
         return unpickler.load()
     except (UnsafePickleError, PickleFormatError):
         raise
+    except RecursionError:
+        raise PickleFormatError("pickle nests too deeply") from None
+    except MemoryError:
+        raise PickleFormatError("pickle asks for more memory than a checkpoint's metadata needs") from None
     except Exception as exc:
-        raise PickleFormatError(f"unreadable pickle ({type(exc).__name__}: {exc})") from None
+        raise PickleFormatError(f"unreadable pickle ({_why(exc)})") from None
+
+
+MAX_NODES = 2_000_000
 
 
 def flatten_tensors(obj: Any, prefix: str = "", out: Optional[Dict[str, TensorInfo]] = None,
                     depth: int = 0) -> Dict[str, TensorInfo]:
-    """Every TensorInfo under `obj` by dotted path (dicts and lists walked; Records not entered)."""
+    """Every TensorInfo under `obj` by dotted path (dicts and lists walked; Records not entered).
+    Each container is walked once (a shared or self-referencing structure cannot blow up), at most
+    64 levels deep and MAX_NODES values in all."""
     if out is None:
         out = {}
-    if depth > 64:
-        return out
-    if isinstance(obj, TensorInfo):
-        out[prefix] = obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            flatten_tensors(v, f"{prefix}.{k}" if prefix else str(k), out, depth + 1)
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            flatten_tensors(v, f"{prefix}.{i}" if prefix else str(i), out, depth + 1)
+    seen: set = set()
+    budget = [MAX_NODES]
+    stack: List[Tuple[Any, str, int]] = [(obj, prefix, depth)]
+    while stack:
+        node, path, d = stack.pop()
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise PickleFormatError(f"more than {MAX_NODES} values in the state dict")
+        if isinstance(node, TensorInfo):
+            out[path] = node
+            continue
+        if d > 64 or not isinstance(node, (dict, list, tuple)):
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        children = []
+        for k, v in items:
+            key = k if isinstance(k, str) else str(k) if isinstance(k, (int, float, bool)) or k is None else f"<{type(k).__name__}>"
+            children.append((v, f"{path}.{key}" if path else key, d + 1))
+        stack.extend(reversed(children))
     return out

@@ -95,6 +95,8 @@ class LaunchConfig:
     training_config: Optional[Dict[str, Any]] = None  # literal settings of a Python training config (XTuner)
     training_config_path: Optional[str] = None
     config_names: List[str] = field(default_factory=list)  # every name the training config references
+    launcher_flags: Dict[str, List[str]] = field(default_factory=dict)  # deepspeed/torchrun's own options
+    checkpoints: Optional[Dict[str, Any]] = None  # launch path -> launch_ckpt.CkptState, read by the command
 
     def shown(self, flag: str) -> str:
         """A flag as the launch spelled it (`--moe-grouped-gemm`), for messages."""
@@ -138,19 +140,19 @@ class LaunchConfig:
         stage = self.ds("zero_optimization.stage")
         if stage is None:
             return 0 if self.deepspeed is not None else None
-        try:
-            return int(stage)
-        except (TypeError, ValueError):
+        if isinstance(stage, bool):
             return None
+        if isinstance(stage, int):
+            return stage if 0 <= stage <= 3 else None
+        return int(stage) if isinstance(stage, str) and re.fullmatch(r"[0-3]", stage.strip()) else None
 
     def int_flag(self, names: Sequence[str]) -> Optional[Tuple[str, int]]:
+        """The first of `names` given with an integer value (ASCII digits, as argparse's int() needs
+        after strip; Unicode digits such as `３` are left to the parser, not judged here)."""
         for n in names:
             v = self.value(n)
-            if v:
-                try:
-                    return n, int(v.split()[0])
-                except ValueError:
-                    continue
+            if v and re.fullmatch(r"-?[0-9]{1,18}", v.split()[0]):
+                return n, int(v.split()[0])
         return None
 
     def version(self, *names: str) -> Optional[str]:
@@ -356,16 +358,16 @@ def ep_divides(cfg: LaunchConfig, rule: Rule) -> List[Finding]:
     if ep is None or ep[1] <= 1:
         return []
     flag, size = ep[0], ep[1]
-    out = []
+    out: List[str] = []
     experts = cfg.int_flag(p.get("experts_flags") or [p.get("experts_arg", "num_experts")])
     n_experts = experts[1] if experts else next((v.num_experts for v in cfg.variants if v.num_experts), None)
     if n_experts and n_experts % size:
         src = f"{cfg.shown(experts[0])} {n_experts}" if experts else f"{n_experts} experts (variant)"
-        out.append(_finding(rule, f"{cfg.shown(flag)} {size} does not divide {src}", cfg.project))
+        out.append(f"{cfg.shown(flag)} {size} does not divide {src}")
     world = cfg.world_size or launcher_world_size(cfg)
     for var in p.get("world_size_env") or []:
-        if world is None and str(cfg.env.get(var, "")).isdigit():
-            world = int(cfg.env[var])
+        if world is None:
+            world = _int_of([str(cfg.env.get(var, ""))])
     divisor, parts = size, [f"{cfg.shown(flag)} {size}"]
     for key in ("etp_arg", "pp_arg"):
         names = [p[key]] + ([p["tp_arg"]] if key == "etp_arg" and p.get("tp_arg") else []) if p.get(key) else []
@@ -374,8 +376,8 @@ def ep_divides(cfg: LaunchConfig, rule: Rule) -> List[Finding]:
             divisor *= got[1]
             parts.append(f"{cfg.shown(got[0])} {got[1]}")
     if world and world % divisor:
-        out.append(_finding(rule, f"{' x '.join(parts)} = {divisor} does not divide the world size {world}", cfg.project))
-    return out
+        out.append(f"{' x '.join(parts)} = {divisor} does not divide the world size {world}")
+    return [_finding(rule, "; ".join(out), cfg.project)] if out else []  # one problem, one finding
 
 
 @kind("expert_layout")
@@ -537,19 +539,14 @@ def megatron_grouped_gemm_layout(cfg: LaunchConfig, rule: Rule) -> List[Finding]
 
 
 def _layout_mismatch(cfg: LaunchConfig, rule: Rule, predicted: Optional[str], why: str, load_arg: str) -> List[Finding]:
-    import os
+    from moe_env.ckpt import LAYOUT_TITLES
+    from moe_env.launch_ckpt import state_of
 
     load = cfg.value(load_arg) or cfg.value("pretrained_checkpoint")
-    if not load or not os.path.exists(load.split()[0]):
+    st = state_of(cfg.checkpoints, load)
+    if st is None or st.state != "ok":
         return []
-    load = load.split()[0]
-    from moe_env.ckpt import LAYOUT_TITLES, inspect_checkpoint
-    from moe_env.errors import UsageError
-
-    try:
-        report = inspect_checkpoint(load, matrix=None)
-    except UsageError:
-        return []
+    load, report = st.path, st.report
     if report.format != "megatron-legacy" or not report.layout.startswith("megatron-"):
         return []
     if report.layout in ("megatron-dist", predicted):
@@ -562,6 +559,76 @@ def _layout_mismatch(cfg: LaunchConfig, rule: Rule, predicted: Optional[str], wh
         built = LAYOUT_TITLES.get(predicted, predicted)
     return [_finding(rule, f"{cfg.shown(load_arg)} {load}: {LAYOUT_TITLES.get(report.layout, report.layout)} "
                            f"(legacy format); this launch builds {built} ({why})", cfg.project)]
+
+
+@kind("checkpoint_arg")
+def checkpoint_arg(cfg: LaunchConfig, rule: Rule) -> List[Finding]:
+    """params: {flags = [..], judge = "missing" | "unreadable" | "matches" | "report", hub_ids, same_as = "--save",
+    when_missing_too = "--load"}: a checkpoint path of the launch, as the command read it
+    (launch_ckpt.read_checkpoints). `missing`: a path that is not there (with `hub_ids = true` a value
+    that does not look like a local path, `org/name`, is a hub id and not judged; `same_as`: not when it is also the save folder, a resumable first run; `when_missing_too`:
+    only when that flag's checkpoint is missing as well). `unreadable`: there but not readable.
+    `report`: the errors ckpt's reader finds in it. `matches`: the checkpoint's experts, layers and
+    TP/PP/EP ranks against the launch flags in `compare` ({fact: [flag, default]}), for the
+    checkpoint `formats` listed (all when absent)."""
+    from moe_env.launch_ckpt import state_of
+    from moe_env.untrusted import printable
+
+    p = rule.params
+    if not _applies(cfg, rule) or cfg.checkpoints is None:
+        return []
+    out: List[Finding] = []
+    for flag in p.get("flags", []):
+        st = state_of(cfg.checkpoints, cfg.value(flag))
+        if st is None:
+            continue
+        shown = f"{cfg.shown(flag)} {printable(st.path)}"
+        judge = p.get("judge", "missing")
+        if judge == "missing" and st.state == "missing":
+            same = p.get("same_as")
+            if same and (cfg.value(same) or "").split()[:1] == [st.path]:
+                continue
+            other = p.get("when_missing_too")
+            if other:
+                o = state_of(cfg.checkpoints, cfg.value(other))
+                if o is not None and o.state not in ("missing", "not-a-checkpoint"):
+                    continue
+            out.append(_finding(rule, f"{shown}: no such file or folder", cfg.project))
+        elif judge == "unreadable" and st.state == "unreadable":
+            out.append(_finding(rule, f"{shown}: {st.message}", cfg.project))
+        elif judge == "report" and st.state == "ok":
+            errs = [f for f in st.report.findings if f.severity == "error"]
+            if errs:
+                out.append(_finding(rule, f"{shown}: " + "; ".join(printable(f.title) for f in errs[:3])
+                                    + (f" (+{len(errs) - 3} more)" if len(errs) > 3 else ""), cfg.project))
+        elif judge == "matches" and st.state == "ok":
+            if p.get("formats") and st.report.format not in p["formats"]:
+                continue
+            bad = _ckpt_mismatches(cfg, st.report, p.get("compare") or {})
+            if bad:
+                out.append(_finding(rule, f"{shown}: " + "; ".join(bad), cfg.project))
+    return out
+
+
+def _ckpt_mismatches(cfg: LaunchConfig, report: Any, compare: Dict[str, Any]) -> List[str]:
+    """`compare` = {fact: [flag, default]}: facts are `experts`, `layers` (from the checkpoint's own
+    args / config.json) and `tp`, `pp`, `ep` (its rank folders)."""
+    have: Dict[str, Any] = {
+        "experts": report.facts.get("num_experts", report.expected.get("experts")),
+        "layers": report.facts.get("num_layers", report.expected.get("layers")),
+        "tp": report.facts.get("tp"), "pp": report.facts.get("pp"), "ep": report.facts.get("ep"),
+    }
+    bad = []
+    for fact, spec in compare.items():
+        flag, default = (list(spec) + [None])[:2]
+        got = cfg.int_flag([flag])
+        want = got[1] if got else default
+        saved = have.get(fact)
+        if isinstance(saved, bool) or not isinstance(saved, int) or want is None:
+            continue
+        if saved != want:
+            bad.append(f"{fact} {saved} in the checkpoint, {cfg.shown(flag)} {want}" + ("" if got else " (default)"))
+    return bad
 
 
 def _version_ge(have: str, want: str) -> bool:
@@ -613,8 +680,9 @@ def read_training_config(path: str) -> Tuple[Dict[str, Any], List[str]]:
     """
     import ast
 
-    with open(path, encoding="utf-8") as fh:
-        tree = ast.parse(fh.read(), filename=path)
+    from moe_env.untrusted import read_text
+
+    tree = ast.parse(read_text(path, max_bytes=4 << 20, what=path), filename=path)
     values: Dict[str, Any] = {}
     names: List[str] = []
     for node in ast.walk(tree):
@@ -733,13 +801,29 @@ def config_forbids(cfg: LaunchConfig, rule: Rule) -> List[Finding]:
 
 def launcher_world_size(cfg: LaunchConfig) -> Optional[int]:
     """GPUs of the run from the launcher's flags: deepspeed --num_gpus x --num_nodes, torchrun
-    --nproc_per_node x --nnodes; None when the launch does not say."""
-    for per, nodes in (("num_gpus", "num_nodes"), ("nproc_per_node", "nnodes")):
-        p = cfg.int_flag([per])
+    --nproc_per_node x --nnodes, `xtuner train`'s NPROC_PER_NODE x NNODES; None when the launch does not say."""
+    for table in (cfg.launcher_flags, cfg.flags):
+        for per, nodes in (("num_gpus", "num_nodes"), ("nproc_per_node", "nnodes")):
+            p = _int_of(table.get(per))
+            if p:
+                n = _int_of(table.get(nodes))
+                return p * (n or 1)
+    if cfg.positional[:1] == ["xtuner"]:  # `xtuner train` starts torchrun with NPROC_PER_NODE x NNODES
+        # InternLM/xtuner@v0.1.23:xtuner/entry_point.py:274-275
+        p = _int_of([cfg.env.get("NPROC_PER_NODE", "")])
         if p:
-            n = cfg.int_flag([nodes])
-            return p[1] * (n[1] if n else 1)
+            return p * (_int_of([cfg.env.get("NNODES", "")]) or 1)
     return None
+
+
+def _int_of(vals: Optional[List[str]]) -> Optional[int]:
+    """A positive int from a flag's (or variable's) first value; ASCII digits only, so `²` or `٣` never reach int()."""
+    if not vals:
+        return None
+    text = vals[0].strip()
+    if not re.fullmatch(r"[0-9]{1,9}", text):
+        return None
+    return int(text) or None
 
 
 def _cc(text: Any) -> Tuple[int, int]:

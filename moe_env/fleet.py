@@ -3,8 +3,9 @@
 moe-env never reaches the nodes itself: Slurm's srun, pdsh or the deepspeed launcher run
 `moe-env doctor --json` everywhere and this module reads what comes back, from files, folders or
 a stream where pdsh prefixed every line with `host: `. A single node with another deepspeed or NCCL
-hangs a whole job without a useful error, so drift in what must match for training together
-(`matters`) fails the command; the rest is shown for information.
+hangs a whole job without a useful error, so drift in what must match for training together fails
+the command; what only should match is a warning; the rest is shown for information. Which is which,
+and why, is the matrix's [[fleet_fact]] table (compat_matrix/fleet.toml).
 """
 
 from __future__ import annotations
@@ -19,12 +20,37 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from moe_env.environment import normalize_name
 from moe_env.errors import UsageError
 from moe_env.report import environment_section
+from moe_env.untrusted import printable
 
 DIFF_SCHEMA = "moe-env.diff/1"
 
-# Packages whose versions must agree on every node of one job (the issue's list, plus NCCL's wheels).
+# Packages whose versions must agree on every node of one job, plus NCCL's wheels.
 MATTERING_PACKAGES = {"torch", "deepspeed", "transformers", "accelerate"}
 _NCCL_PACKAGE = re.compile(r"^nvidia-nccl-cu\d+$")
+
+
+def fact_rules() -> List[Any]:
+    """The matrix's [[fleet_fact]] table (compat_matrix/fleet.toml): what must or should agree, and why."""
+    from moe_env.matrix.cache import load_matrix_cached
+
+    return list(load_matrix_cached().fleet_facts)
+
+
+def fact_rule(fact: str, rules: Sequence[Any]) -> Optional[Any]:
+    import fnmatch
+
+    for r in rules:
+        if r.fact == fact or ("*" in r.fact and fnmatch.fnmatchcase(fact, r.fact)):
+            return r
+    return None
+
+
+def _agree_part(value: str, how: str) -> str:
+    if how == "exact" or value in ("-", "absent"):
+        return value
+    parts = value.split("+", 1)[0].split(".")
+    return ".".join(parts[:1 if how == "major" else 2])
+
 
 # `host: text` as pdsh prints it (dshbak-style names), or `0: text` as `srun --label` does.
 _PREFIX = re.compile(r"^([A-Za-z0-9_.\-\[\]]+): ?(.*)$")
@@ -35,6 +61,8 @@ class NodeReport:
     node: str  # the name the node goes by in the output
     origin: str  # where it came from: a file, "stdin", "stdin (host n01)"
     facts: Dict[str, Tuple[str, bool, Optional[str]]]  # node_facts() of its environment
+    hostname: Optional[str] = None  # what the report says (environment.host.hostname)
+    digest: str = ""  # of the whole document, to spot the same report passed twice
 
 
 @dataclass
@@ -42,12 +70,18 @@ class Drift:
     fact: str  # "package deepspeed", "torch.cuda", "driver"...
     matters: bool  # must agree for nodes to train together
     groups: List[Tuple[str, List[str]]]  # (value, nodes), largest group first
+    severity: str = "note"  # "error" (must agree), "warning" (should), "note"
+    why: str = ""
+    sources: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         return {
             "fact": self.fact,
             "matters": self.matters,
+            "severity": self.severity,
             "groups": [{"value": value, "nodes": nodes} for value, nodes in self.groups],
+            "why": self.why,
+            "sources": self.sources,
         }
 
 
@@ -56,13 +90,18 @@ class FleetDiff:
     nodes: List[str]
     drifts: List[Drift] = field(default_factory=list)
     ignored: List[str] = field(default_factory=list)
+    duplicates: List[Dict[str, Any]] = field(default_factory=list)  # {"kind": "hostname"|"report", "value", "nodes"}
 
     @property
     def mattering(self) -> List[Drift]:
         return [d for d in self.drifts if d.matters]
 
+    @property
+    def warnings(self) -> List[Drift]:
+        return [d for d in self.drifts if d.severity == "warning"]
+
     def exit_code(self) -> int:
-        return 1 if self.mattering else 0
+        return 1 if (self.mattering or any(d["severity"] == "error" for d in self.duplicates)) else 0
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -70,10 +109,14 @@ class FleetDiff:
             "nodes": self.nodes,
             "drift": [d.to_dict() for d in self.drifts],
             "ignored": self.ignored,
+            "duplicates": self.duplicates,
             "summary": {
                 "nodes": len(self.nodes),
                 "facts_differing": len(self.drifts),
                 "facts_that_matter": len(self.mattering),
+                "warnings": len(self.warnings),
+                "duplicates": len(self.duplicates),
+                "duplicate_reports": sum(1 for d in self.duplicates if d["severity"] == "error"),
             },
         }
 
@@ -164,9 +207,11 @@ def parse_stream(text: str, origin: str, default_node: Optional[str] = None) -> 
 
 
 def _node_reports(documents: List[Any], host: Optional[str], where: str, default_node: Optional[str]) -> List[NodeReport]:
+    import zlib
+
     reports: List[NodeReport] = []
     for index, doc in enumerate(documents):
-        env = environment_section(doc, where)
+        env = environment_section(doc, printable(where))
         # a prefix names the node; a one-report file is named after the file (reports/$(hostname).json);
         # several reports in one file or stream go by the hostname each report carries
         if host is not None:
@@ -175,11 +220,23 @@ def _node_reports(documents: List[Any], host: Optional[str], where: str, default
             node = default_node
         else:
             node = _hostname(env) or f"{default_node or where}#{index + 1}"
-        reports.append(NodeReport(node=node, origin=where, facts=node_facts(env)))
+        facts = node_facts(env, printable(where))
+        # the same report twice: same hostname and same facts (cheap: no re-serialising of the document)
+        flat = "\0".join(f"{k}\1{v[0]}" for k, v in sorted(facts.items()))
+        digest = f"{zlib.crc32(((_hostname(env) or '') + chr(0) + flat).encode('utf-8', 'surrogatepass')):08x}"
+        reports.append(NodeReport(node=node, origin=where, facts=facts, hostname=_hostname(env), digest=digest))
     return reports
 
 
 def _documents(text: str, where: str) -> List[Any]:
+    """The JSON documents of a text, each read with untrusted.json_loads (depth, size, number limits)."""
+    from moe_env.untrusted import UntrustedInput, json_loads
+
+    try:
+        return [json_loads(text, what=where)]
+    except UntrustedInput as exc:
+        if "Extra data" not in str(exc):
+            raise UsageError(f"{printable(str(exc))}; is this `moe-env doctor --json` output, complete?") from None
     decoder = json.JSONDecoder()
     documents: List[Any] = []
     position, end = 0, len(text)
@@ -188,22 +245,27 @@ def _documents(text: str, where: str) -> List[Any]:
             position += 1
         if position >= end:
             break
+        start = position
         try:
-            doc, position = decoder.raw_decode(text, position)
+            _doc, position = decoder.raw_decode(text, position)  # only to find where the document ends
         except json.JSONDecodeError as exc:
             line = text.count("\n", 0, exc.pos) + 1
             at_end = exc.pos >= len(text.rstrip()) - 1 or exc.msg.startswith("Unterminated")
             what = "truncated JSON" if at_end else "invalid JSON"
-            raise UsageError(f"{where}: {what} at line {line} ({exc.msg}); is this `moe-env doctor --json` output, complete?") from None
-        except (ValueError, RecursionError) as exc:  # a 5,000-digit number, nesting deeper than the stack
-            raise UsageError(f"{where}: unreadable JSON ({type(exc).__name__}: {str(exc)[:80]})") from None
-        documents.append(doc)
+            raise UsageError(f"{printable(where)}: {what} at line {line} ({exc.msg}); is this `moe-env doctor --json` output, complete?") from None
+        except (RecursionError, MemoryError, ValueError) as exc:
+            raise UsageError(f"{printable(where)}: cannot be read ({type(exc).__name__})") from None
+        try:
+            documents.append(json_loads(text[start:position], what=where))
+        except UntrustedInput as exc:
+            raise UsageError(printable(str(exc))) from None
     return documents
 
 
 def _hostname(env: Dict[str, Any]) -> Optional[str]:
-    host = env.get("host") or {}
-    return host.get("hostname") or None
+    host = env.get("host")
+    name = host.get("hostname") if isinstance(host, dict) else None
+    return name if isinstance(name, str) and name else None
 
 
 def _unique_names(reports: List[NodeReport]) -> List[NodeReport]:
@@ -227,43 +289,73 @@ def _minor(version: Optional[str]) -> Optional[str]:
     return ".".join(version.split(".")[:2]) if version else version
 
 
-def node_facts(env: Dict[str, Any]) -> Dict[str, Tuple[str, bool, Optional[str]]]:
+def _section(env: Dict[str, Any], key: str, where: str, kind: type = dict) -> Any:
+    """environment.KEY of a report, of the type the schema gives it; else a one-line usage error."""
+    value = env.get(key)
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise UsageError(f"{where}: malformed report (environment.{key} is {type(value).__name__}, expected "
+                         f"{'an object' if kind is dict else 'a list'})")
+    return value
+
+
+def _text(value: Any) -> Optional[str]:
+    """A scalar of a report as text (numbers too); containers are not facts."""
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def node_facts(env: Dict[str, Any], where: str = "report") -> Dict[str, Tuple[str, bool, Optional[str]]]:
     """fact -> (shown value, matters, the part of it that must agree)."""
     facts: Dict[str, Tuple[str, bool, Optional[str]]] = {}
 
     def put(name: str, value: Any, matters: bool = False, agree: Optional[Callable[[str], Optional[str]]] = None) -> None:
-        shown = "-" if value is None or value == "" else str(value)
+        value = _text(value)
+        shown = "-" if value is None or value == "" else value
         facts[name] = (shown, matters, agree(shown) if (agree and shown != "-") else shown)
 
-    python = env.get("python") or {}
+    python = _section(env, "python", where)
     put("python", python.get("version"), True, _minor)
     put("python.implementation", python.get("implementation"))
     put("glibc", python.get("glibc"))
 
     # the hot loop for 1,000 reports of ~250 packages: no closure, no regex for already-normal names
-    for name, dist in (env.get("distributions") or {}).items():
+    for name, dist in _section(env, "distributions", where).items():
         key = name if (name.islower() and "_" not in name and "." not in name) else normalize_name(name)
-        version = (dist or {}).get("version") or "-"
+        if type(dist) is not dict:
+            if dist is not None:
+                raise UsageError(f"{where}: malformed report (environment.distributions[{printable(name)!r}] is "
+                                 f"{type(dist).__name__}, expected an object)")
+            dist = {}
+        version = dist.get("version")
+        if type(version) is not str:
+            version = _text(version)
+        version = version or "-"
         matters = key in MATTERING_PACKAGES or (key.startswith("nvidia-nccl-") and bool(_NCCL_PACKAGE.match(key)))
         facts["package " + key] = (version, matters, version)
 
-    torch = env.get("torch") or {}
+    torch = _section(env, "torch", where)
     put("torch.build", torch.get("version"), True)
     put("torch.cuda", torch.get("cuda"), True)
     put("torch.cudnn", torch.get("cudnn"))
     put("torch.cxx11_abi", torch.get("cxx11_abi"))
 
-    deepspeed = env.get("deepspeed") or {}
+    deepspeed = _section(env, "deepspeed", where)
     if deepspeed:
         put("deepspeed.built_torch", deepspeed.get("built_torch"), True)
         put("deepspeed.built_cuda", deepspeed.get("built_cuda"), True)
         put("deepspeed.built_nccl", deepspeed.get("built_nccl"), True)
-        ops = sorted(k for k, v in (deepspeed.get("installed_ops") or {}).items() if v)
+        ops_table = deepspeed.get("installed_ops")
+        ops = sorted(str(k) for k, v in (ops_table.items() if isinstance(ops_table, dict) else ()) if v)
         put("deepspeed.prebuilt_ops", ",".join(ops) or "none")
 
-    host = env.get("host") or {}
+    host = _section(env, "host", where)
     put("driver", host.get("driver_version"), True, _major)
     gpus = host.get("gpus") or []
+    if not isinstance(gpus, list) or not all(isinstance(g, dict) for g in gpus):
+        raise UsageError(f"{where}: malformed report (environment.host.gpus must be a list of objects)")
     put("gpu.model", ",".join(sorted({str(g.get("name")) for g in gpus})) or None)
     put("gpu.architecture", ",".join(sorted({str(g.get("compute_capability")) for g in gpus})) or None, True)
     put("gpu.count", len(gpus))
@@ -272,7 +364,7 @@ def node_facts(env: Dict[str, Any]) -> Dict[str, Tuple[str, bool, Optional[str]]
 
 
 def diff_reports(reports: Sequence[NodeReport], ignore: Iterable[str] = ()) -> FleetDiff:
-    """Every fact whose value is not the same on all nodes, nodes grouped by value."""
+    """Every fact whose value is not the same on all nodes, nodes grouped by value, each with how much it matters."""
     ignored = sorted({normalize_name(i) for i in ignore})
     ignored_facts = set()
     for item in ignored:
@@ -280,29 +372,88 @@ def diff_reports(reports: Sequence[NodeReport], ignore: Iterable[str] = ()) -> F
     nodes = [r.node for r in reports]
     per_node = [r.facts for r in reports]
     names = sorted({name for facts in per_node for name in facts})
+    has_torch_build = any("torch.build" in f and f["torch.build"][0] != "-" for f in per_node)
+    rules = fact_rules()
     drifts: List[Drift] = []
     for name in names:
         if name in ignored_facts or name.split(".")[0] in ignored_facts:
             continue
+        if name == "package torch" and has_torch_build:
+            continue  # the same problem as torch.build: one finding
         absent = ("absent", name.startswith("package ") and _package_matters(name), "absent")
         values: Dict[str, List[str]] = {}
-        agree_parts = set()
-        matters = False
         for node, facts in zip(nodes, per_node):
-            shown, fact_matters, agree = facts.get(name, absent)
+            shown = facts.get(name, absent)[0]
             members = values.get(shown)
             if members is None:
                 values[shown] = [node]
             else:
                 members.append(node)
-            agree_parts.add(agree)
-            matters = matters or fact_matters
         if len(values) < 2:
             continue
         groups = sorted(values.items(), key=lambda item: (-len(item[1]), item[0]))
-        drifts.append(Drift(fact=name, matters=matters and len(agree_parts) > 1, groups=groups))
-    drifts.sort(key=lambda d: (not d.matters, d.fact))
-    return FleetDiff(nodes=nodes, drifts=drifts, ignored=ignored)
+        rule = fact_rule(name, rules)
+        severity, why, sources = "note", "", []
+        if rule is not None and len({_agree_part(v, rule.agree) for v in values}) > 1:
+            severity, why, sources = rule.severity, rule.why, list(rule.source)
+        drifts.append(Drift(fact=name, matters=severity == "error", groups=groups, severity=severity, why=why,
+                            sources=sources))
+    for d in drifts:
+        if d.fact == "driver":
+            _judge_driver(d, reports)
+    drifts.sort(key=lambda d: ({"error": 0, "warning": 1}.get(d.severity, 2), d.fact))
+    return FleetDiff(nodes=nodes, drifts=drifts, ignored=ignored, duplicates=_duplicates(reports))
+
+
+def _judge_driver(drift: Drift, reports: Sequence[NodeReport]) -> None:
+    """Each node's driver against its torch's CUDA with doctor's own check (checks.platform.torch_vs_driver,
+    the matrix's cuda_driver and minor-version tables): a node whose driver cannot start CUDA makes the
+    drift an error; otherwise differing branches only should agree (a warning)."""
+    try:
+        from moe_env.checks.platform import torch_vs_driver
+        from moe_env.checks.registry import Context
+        from moe_env.environment import Environment, HostInfo, PythonInfo, TorchBuild
+        from moe_env.matrix.cache import load_matrix_cached
+
+        matrix = load_matrix_cached()
+    except Exception:  # noqa: BLE001 - without the matrix the drift stays a warning
+        return
+    low, sources = [], list(drift.sources)
+    for r in reports:
+        driver, torch, cuda = (r.facts.get(k, ("-",))[0] for k in ("driver", "torch.build", "torch.cuda"))
+        if "-" in (driver, torch, cuda):
+            continue
+        env = Environment(python=PythonInfo("", "", "", "", "", ""), torch=TorchBuild(version=torch, cuda=cuda),
+                          host=HostInfo(driver_version=driver))
+        for f in torch_vs_driver(Context(env=env, matrix=matrix)):
+            if f.severity == "error":
+                low.append(f"{r.node} (driver {driver}, torch {torch})")
+                sources.extend(s for s in f.sources if s not in sources)
+    if low:
+        drift.severity, drift.matters, drift.sources = "error", True, sources
+        drift.why = ("A driver too old for the CUDA that torch was built with (even under minor-version "
+                     "compatibility) cannot start CUDA on that node: " + ", ".join(low) + ".")
+
+
+def _duplicates(reports: Sequence[NodeReport]) -> List[Dict[str, Any]]:
+    """The same hostname in two reports, or the same report twice: the fleet is not what it looks like."""
+    out: List[Dict[str, Any]] = []
+    by_digest: Dict[str, List[str]] = {}
+    by_host: Dict[str, List[NodeReport]] = {}
+    for r in reports:
+        by_digest.setdefault(r.digest, []).append(r.node)
+        if r.hostname:
+            by_host.setdefault(r.hostname, []).append(r)
+    same_report = set()
+    for digest, members in by_digest.items():
+        if digest and len(members) > 1:  # the same node counted twice: one node of the job has no report
+            out.append({"kind": "report", "value": digest, "nodes": members, "severity": "error"})
+            same_report.update(members)
+    for host, members in by_host.items():
+        names = [m.node for m in members]
+        if len(members) > 1 and not set(names) <= same_report:  # two reports, one name: which node is which?
+            out.append({"kind": "hostname", "value": host, "nodes": names, "severity": "warning"})
+    return out
 
 
 def _package_matters(fact: str) -> bool:
@@ -313,34 +464,83 @@ def _package_matters(fact: str) -> bool:
 # ---------------------------------------------------------------- rendering
 
 
+def _nodes_text(members: List[str], max_nodes: int) -> str:
+    shown = ", ".join(printable(m) for m in members[:max_nodes])
+    if len(members) > max_nodes:
+        shown += f", ... ({len(members)} nodes)"
+    return shown
+
+
 def render_text(result: FleetDiff, color: bool = False, max_nodes: int = 8) -> str:
+    """A table of what must and should agree (fact, value, nodes), one line per other difference, and
+    last the one line that says whether the nodes can train together."""
     from moe_env.term import paint
 
     lines: List[str] = []
     n = len(result.nodes)
-    if not result.drifts:
-        lines.append(paint(f"{n} node{'s' if n != 1 else ''}: no drift", "green", color))
-        return "\n".join(lines) + "\n"
-    lines.append(
-        f"{n} nodes; {len(result.drifts)} fact{'s' if len(result.drifts) != 1 else ''} differ, "
-        f"{len(result.mattering)} of them must agree for training together"
-    )
-    for drift in result.drifts:
-        label = paint("DRIFT", "red", color) if drift.matters else paint("note ", "dim", color)
-        lines.append(f"\n{label} {paint(drift.fact, 'bold', color)}")
-        width = max(len(value) for value, _ in drift.groups)
-        for value, members in drift.groups:
-            shown = ", ".join(members[:max_nodes])
-            if len(members) > max_nodes:
-                shown += f", ... ({len(members)} nodes)"
-            lines.append(f"  {value.ljust(width)}  {shown}")
-    if result.mattering:
-        lines.append(
-            "\nNodes in the smaller groups above will hang or diverge in a joint job: "
-            "install the same lockfile everywhere (`moe-env lock PROJECT`), or `--ignore PKG` a known-harmless difference."
-        )
+    errors = [d for d in result.drifts if d.severity == "error"]
+    warnings = [d for d in result.drifts if d.severity == "warning"]
+    notes = [d for d in result.drifts if d.severity not in ("error", "warning")]
+    lines.append(f"{n} node{'s' if n != 1 else ''}; {len(errors)} must agree and differ{'s' if len(errors) == 1 else ''}, "
+                 f"{len(warnings)} should agree and differ{'s' if len(warnings) == 1 else ''}, "
+                 f"{len(notes)} other difference{'s' if len(notes) != 1 else ''}")
+    for dup in result.duplicates:
+        if dup["kind"] == "report":
+            lines.append(paint("DUPLICATE", "red", color) + " the same report (hostname and every fact) from "
+                         f"{_nodes_text(dup['nodes'], max_nodes)}: one node counted twice, another missing")
+        else:
+            lines.append(paint("DUPLICATE", "yellow", color) + f" hostname {printable(dup['value'])} in the reports of "
+                         f"{_nodes_text(dup['nodes'], max_nodes)}: set MOE_ENV_HOSTNAME per node or check the collection")
+    table = errors + warnings
+    if table:
+        rows = [("", "fact", "value", "nodes")]
+        for d in table:
+            label = "MUST" if d.severity == "error" else "SHOULD"
+            for i, (value, members) in enumerate(d.groups):
+                rows.append((label if i == 0 else "", printable(d.fact) if i == 0 else "", printable(value),
+                             _nodes_text(members, max_nodes)))
+        w = [max(len(r[c]) for r in rows) for c in range(3)]
+        lines.append("")
+        for r in rows:
+            lines.append(f"  {r[0].ljust(w[0])}  {r[1].ljust(w[1])}  {r[2].ljust(w[2])}  {r[3]}".rstrip())
+        lines.append("")
+        for d in table:
+            tag = paint("error", "red", color) if d.severity == "error" else paint("warning", "yellow", color)
+            lines.append(f"{tag} {printable(d.fact)}: {d.why}")
+            for src in d.sources:
+                lines.append(f"    source: {src}")
+    if notes:
+        lines.append("")
+        for d in notes:
+            parts = " | ".join(f"{printable(v)} ({_nodes_text(m, 3)})" for v, m in d.groups)
+            lines.append(paint("note", "dim", color) + f" {printable(d.fact)}: {parts}")
     if result.ignored:
-        lines.append(f"ignored: {', '.join(result.ignored)}")
+        lines.append(f"ignored: {', '.join(printable(i) for i in result.ignored)}")
+    lines.append("")
+    dup_errors = [d for d in result.duplicates if d["severity"] == "error"]
+    dup_warnings = [d for d in result.duplicates if d["severity"] != "error"]
+    if errors or dup_errors:
+        odd = sorted({m for d in errors for _v, members in d.groups[1:] for m in members})
+        parts = []
+        if errors:
+            parts.append(f"{', '.join(printable(d.fact) for d in errors)} must agree"
+                         + (f" (odd nodes: {_nodes_text(odd, max_nodes)})" if odd else ""))
+        if dup_errors:
+            parts.append(f"{len(dup_errors)} duplicate report{'s' if len(dup_errors) != 1 else ''}")
+        fixes = []
+        if errors:
+            fixes.append("install the same lockfile everywhere (`moe-env lock PROJECT`)")
+        if dup_errors:
+            fixes.append("collect one report per node")
+        lines.append(paint("FAIL", "red", color) + ": " + "; ".join(parts) + " — " + " and ".join(fixes))
+    elif warnings or dup_warnings:
+        what = [printable(d.fact) for d in warnings] + [f"hostname {printable(d['value'])} twice" for d in dup_warnings]
+        n_warn = len(what)
+        lines.append(paint("OK", "green", color) + f" with {n_warn} warning{'s' if n_warn != 1 else ''}: "
+                     f"{', '.join(what)}; nothing that must agree differs")
+    else:
+        lines.append(paint("OK", "green", color) + f": {n} node{'s' if n != 1 else ''} agree on everything that must agree"
+                     + ("" if result.drifts else " (no drift)"))
     return "\n".join(lines) + "\n"
 
 

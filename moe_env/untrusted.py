@@ -34,7 +34,9 @@ class UntrustedInput(ValueError):
 
 _KEEP_STRUCTURE = bytes.maketrans(b"", b"")
 _DROP = bytes(c for c in range(256) if c not in b'[]{}"\\')
-_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+_DEPTH_TABLE = [0] * 256
+_DEPTH_TABLE[ord("[")] = _DEPTH_TABLE[ord("{")] = 1
+_DEPTH_TABLE[ord("]")] = _DEPTH_TABLE[ord("}")] = -1
 _HIGH = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})")
 _LOW = re.compile(rb"(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
 
@@ -48,7 +50,7 @@ def _nesting(raw: bytes) -> int:
     skeleton = re.sub(rb'"[^"]*"', b"", skeleton)
     if not skeleton:
         return 0
-    return max(0, max(accumulate(_DEPTH_STEP.get(c, 0) for c in skeleton)))
+    return max(0, max(accumulate(map(_DEPTH_TABLE.__getitem__, skeleton))))
 
 
 def _int(text: str) -> int:
@@ -248,7 +250,9 @@ def as_int(value: Any, *, lo: int, hi: int, what: str) -> int:
     elif isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]{1,%d}" % MAX_INT_DIGITS, value.strip(), re.ASCII):
         number = int(value.strip())
     else:
-        shown = printable(repr(value)[:40])
+        # never repr() a container: a pickled DAG of shared lists would expand exponentially
+        shown = printable(repr(value)[:40]) if isinstance(value, (str, bytes, float, int)) or value is None \
+            else f"a {type(value).__name__}"
         raise UntrustedInput(f"{what}: {shown} is not a whole number")
     if number < lo or number > hi:
         raise UntrustedInput(f"{what}: {number if abs(number) < 10**12 else 'a huge number'} is outside {lo}..{hi}")

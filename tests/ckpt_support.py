@@ -277,3 +277,136 @@ class Hostile:
         import os
 
         return (os.system, (f"touch {self.sentinel}",))
+
+
+# ------------------------------------------------------------------ DeepSpeed saves (engine.save_checkpoint's names and keys)
+
+DS_ZERO_ENUM = ("deepspeed.runtime.zero.config", "ZeroStageEnum")
+
+
+def ds_config(stage: int, bf16: bool) -> dict:
+    return {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": stage, "overlap_comm": True},
+            "bf16": {"enabled": bf16}, "fp16": {"enabled": False}}
+
+
+def ds_moe_key(layer: int, expert: int, part: str) -> str:
+    # MoE-LLaVA: every other decoder layer is a DeepSpeed MoE layer wrapping the LLaMA MLP
+    return f"model.layers.{2 * layer + 1}.mlp.deepspeed_moe.experts.deepspeed_experts.{expert}.{part}.weight"
+
+
+def write_deepspeed_save(root: Path, dp: int = 4, mp: int = 1, moe_layers: int = 2, experts: int = 4, ep: int = 2,
+                         stage: int = 2, bf16: bool = True, tag: str = "global_step100", version: str = "0.16.9",
+                         drop: Iterable[str] = (), latest: Optional[str] = "", script: bool = True,
+                         expp: Optional[bool] = None) -> Path:
+    """SAVE_DIR/latest + SAVE_DIR/TAG/ as DeepSpeed writes them (runtime/engine.py _save_moe_checkpoint,
+    _save_zero_checkpoint, _get_*_ckpt_name); moe_layers=0 writes a dense save (_save_checkpoint).
+    `drop` names files not to write; latest="" writes TAG, None writes no `latest`."""
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / tag
+    out.mkdir(parents=True, exist_ok=True)
+    drop = set(drop)
+    prefix = "bf16_" if bf16 else ""
+    module = collections.OrderedDict()
+    module["model.embed_tokens.weight"] = FakeTensor((16, 4))
+    for layer in range(moe_layers):
+        module[f"model.layers.{2 * layer + 1}.mlp.deepspeed_moe.gate.wg.weight"] = FakeTensor((experts, 4))
+    if not moe_layers:
+        module["model.layers.0.mlp.gate_proj.weight"] = FakeTensor((8, 4))
+    for m in range(mp):
+        state = {"module": module, "lr_scheduler": {"last_epoch": 100}, "data_sampler": None, "random_ltd": None,
+                 "sparse_tensor_module_names": set(), "skipped_steps": 0, "global_steps": 100, "global_samples": 1600,
+                 "dp_world_size": dp, "mp_world_size": mp}
+        if moe_layers:
+            state["num_experts"] = [experts] * moe_layers
+        else:
+            state.update(buffer_names=[], optimizer=None, param_shapes=[collections.OrderedDict(
+                [("model.embed_tokens.weight", (16, 4))])], ds_config=ds_config(stage, bf16), ds_version=version)
+        name = f"mp_rank_{m:02d}_model_states.pt"
+        if name not in drop:
+            write_torch_zip(out / name, state)
+        for layer in range(moe_layers):
+            for e in range(experts):
+                name = f"layer_{layer}_expert_{e}_mp_rank_{m:02d}_model_states.pt"
+                if name not in drop:
+                    sd = collections.OrderedDict((ds_moe_key(layer, e, p), FakeTensor((8, 4))) for p in ("gate_proj", "up_proj", "down_proj"))
+                    write_torch_zip(out / name, sd)
+        if moe_layers and (expp if expp is not None else True):
+            for r in range(ep):
+                name = f"expp_rank_{r}_mp_rank_{m:02d}_optim_states.pt"
+                if name not in drop:
+                    write_torch_zip(out / name, {"optimizer": None})
+        if stage >= 1 or bf16:
+            for d in range(dp):
+                name = f"{prefix}zero_pp_rank_{d}_mp_rank_{m:02d}_optim_states.pt"
+                if name in drop:
+                    continue
+                osd = {"loss_scaler": Inert("deepspeed.runtime.fp16.loss_scaler", "LossScaler", state={"cur_scale": 1.0}),
+                       "dynamic_loss_scale": False, "overflow": False, "clip_grad": 1.0,
+                       "base_optimizer_state": {"state": {0: {"step": 100, "exp_avg": FakeTensor((32,), "float32")}},
+                                                "param_groups": [{"lr": 1e-5, "betas": (0.9, 0.999), "params": [0]}]},
+                       "single_partition_of_fp32_groups": [FakeTensor((32,), "float32")],
+                       "zero_stage": Inert(*DS_ZERO_ENUM, args=(stage,)), "group_paddings": [0],
+                       "partition_count": [dp, max(1, dp // ep)] if moe_layers else [dp], "ds_version": version,
+                       "param_slice_mappings": [collections.OrderedDict([("model.embed_tokens.weight", Inert(
+                           "deepspeed.utils.tensor_fragment", "fragment_address", state={"numel": 64, "start": 0}))])]}
+                write_torch_zip(out / name, {"optimizer_state_dict": osd, "ds_config": ds_config(stage, bf16), "ds_version": version})
+    if latest is not None:
+        (root / "latest").write_text(latest or tag)
+    if script:
+        (root / "zero_to_fp32.py").write_text("# stands for the script DeepSpeed copies beside a save\n")
+    return root
+
+
+def write_trainer_checkpoint(folder: Path, step: int = 100, deepspeed: bool = True, world: int = 4, **dskw) -> Path:
+    """checkpoint-N/ as the HF Trainer writes it (transformers 4.37 _save_checkpoint): weights + config,
+    trainer_state.json, rng_state_{i}.pth, and either optimizer.pt/scheduler.pt or the DeepSpeed part."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {"model_type": "mixtral", "num_hidden_layers": 2, "num_local_experts": 4, "num_experts_per_tok": 2}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    write_safetensors(folder / "model.safetensors", mixtral_tensors(2, 4))
+    (folder / "trainer_state.json").write_text(json.dumps({
+        "global_step": step, "max_steps": 1000, "epoch": 0.1, "best_metric": None, "best_model_checkpoint": None,
+        "log_history": [{"loss": 1.5, "step": step}], "logging_steps": 10, "save_steps": 100}))
+    write_torch_zip(folder / "training_args.bin", {"output_dir": "out"})
+    for i in range(world):
+        write_torch_zip(folder / (f"rng_state_{i}.pth" if world > 1 else "rng_state.pth"),
+                        {"python": (3, (1, 2), None), "cpu": FakeTensor((5056,), "int64")})
+    if deepspeed:
+        write_deepspeed_save(folder, tag=f"global_step{step}", **dskw)
+    else:
+        write_torch_zip(folder / "optimizer.pt", {"state": {}, "param_groups": []})
+        write_torch_zip(folder / "scheduler.pt", {"last_epoch": step})
+    return folder
+
+
+def write_xtuner_work_dir(work: Path, it: int = 500, **dskw) -> Path:
+    """work_dir/iter_N.pth/ (mmengine DeepSpeedStrategy: save_checkpoint(work_dir, tag='iter_N.pth',
+    save_latest=False)) + work_dir/last_checkpoint + zero_to_fp32.py in work_dir."""
+    write_deepspeed_save(work, tag=f"iter_{it}.pth", latest=None, **dskw)
+    # the client_state mmengine adds to the main file
+    main = work / f"iter_{it}.pth" / "mp_rank_00_model_states.pt"
+    if main.exists():
+        from zipfile import ZipFile
+
+        with ZipFile(main) as z:
+            pass
+    (work / "last_checkpoint").write_text(str(work / f"iter_{it}.pth"))
+    return work
+
+
+def write_xtuner_file(path: Path, it: int = 10, experts: int = 4) -> Path:
+    """A single-file iter_N.pth (mmengine Runner.save_checkpoint without DeepSpeed)."""
+    sd = collections.OrderedDict()
+    for layer in range(2):
+        for e in range(experts):
+            for w in ("w1", "w2", "w3"):
+                sd[f"llm.model.layers.{layer}.block_sparse_moe.experts.{e}.{w}.weight"] = FakeTensor((8, 4))
+    write_torch_zip(path, {"meta": {"epoch": 0, "iter": it, "seed": 42, "mmengine_version": "0.10.4"},
+                           "state_dict": sd, "message_hub": {"log_scalars": {}, "runtime_info": {"iter": it}},
+                           "optimizer": {"state": {}, "param_groups": []}})
+    return path
+
+
+LFS_POINTER = (b"version https://git-lfs.github.com/spec/v1\n"
+               b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 4943162240\n")

@@ -74,7 +74,7 @@ def test_missing_experts_named_per_layer(tmp_path):
     write_hf_folder(tmp_path / "m", MIXTRAL_CONFIG, split(mixtral_tensors(3, 4, skip=[(2, 1), (2, 3)]), 2))
     r = inspect_checkpoint(str(tmp_path / "m"))
     f = next(f for f in r.findings if f.id == "ckpt.experts-missing")
-    assert "layer 2: 2/4" in f.seen and "missing 1, 3" in f.seen
+    assert "layer 2: experts 1 and 3 missing of 4" in f.seen
     assert r.experts_per_layer[2] == 2 and r.experts_per_layer[0] == 4
     assert not r.complete
 
@@ -90,7 +90,7 @@ def test_layers_missing_or_extra_against_num_hidden_layers(tmp_path):
     write_hf_folder(tmp_path / "short", dict(MIXTRAL_CONFIG, num_hidden_layers=5), [mixtral_tensors(3, 4)])
     r = inspect_checkpoint(str(tmp_path / "short"))
     f = next(f for f in r.findings if f.id == "ckpt.layers-missing")
-    assert "2 of 5" in f.title and "3, 4" in f.seen
+    assert "2 of 5" in f.title and "layers 3 and 4 absent" in f.seen
     write_hf_folder(tmp_path / "long", dict(MIXTRAL_CONFIG, num_hidden_layers=2), [mixtral_tensors(3, 4)])
     assert "ckpt.layers-extra" in ids(inspect_checkpoint(str(tmp_path / "long")))
 
@@ -125,7 +125,7 @@ def test_deepseek_v2_first_k_dense_and_expert_count(tmp_path):
     write_hf_folder(tmp_path / "bad", cfg, [t])
     bad = inspect_checkpoint(str(tmp_path / "bad"))
     f = next(f for f in bad.findings if f.id == "ckpt.experts-missing")
-    assert "1 of 2 MoE layers have no experts: 2" in f.seen
+    assert "1 of 2 MoE layers has no experts: 2" in f.seen
 
 
 def test_qwen_moe_num_experts_and_partial_expert(tmp_path):
@@ -221,7 +221,7 @@ def test_megatron_missing_expert_on_a_rank(tmp_path):
     root = write_megatron_legacy(tmp_path / "ckpt", "te-grouped", ep=1, experts=4, skip_expert=2)
     r = inspect_checkpoint(str(root))
     f = next(f for f in r.findings if f.id == "ckpt.experts-missing")
-    assert "missing 2" in f.seen
+    assert "layer 0: expert 2 missing of 4" in f.seen
 
 
 def test_megatron_missing_rank_folder(tmp_path):

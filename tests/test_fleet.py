@@ -30,8 +30,9 @@ def _node(tmp_path, name, torch="2.1.2+cu121", cuda="12.1", deepspeed="0.14.4", 
     return venv
 
 
-def _report(venv, out, driver="535.104.05", gpus="A100:8.0x8"):
-    env = {**os.environ, "MOE_ENV_CUDA_DRIVER_VERSION": driver, "MOE_ENV_GPUS": gpus, "NO_COLOR": "1"}
+def _report(venv, out, driver="535.104.05", gpus="A100:8.0x8", hostname=None):
+    env = {**os.environ, "MOE_ENV_CUDA_DRIVER_VERSION": driver, "MOE_ENV_GPUS": gpus, "NO_COLOR": "1",
+           "MOE_ENV_HOSTNAME": hostname or out.stem}
     proc = subprocess.run(
         [sys.executable, "-m", "moe_env", "doctor", "--json", "--python", str(venv.python)],
         capture_output=True, text=True, env=env, timeout=120,
@@ -86,17 +87,30 @@ def test_torch_tag_and_driver_drift_found(fleet):
     proc = _diff(fleet / "n1.json", fleet / "n4.json", "--json")
     assert proc.returncode == 1
     drift = {d["fact"]: d for d in json.loads(proc.stdout)["drift"]}
-    assert {"torch.build", "torch.cuda", "package torch", "driver"} <= set(drift)
+    assert {"torch.build", "torch.cuda", "driver"} <= set(drift)
+    assert "package torch" not in drift  # the same problem as torch.build: one entry
     assert {g["value"] for g in drift["torch.build"]["groups"]} == {"2.1.2+cu121", "2.1.2+cu118"}
     assert {g["value"] for g in drift["driver"]["groups"]} == {"535.104.05", "470.82.01"}
-    assert all(drift[f]["matters"] for f in ("torch.build", "torch.cuda", "driver"))
+    assert all(drift[f]["matters"] for f in ("torch.build", "torch.cuda"))
+    # 470 is below CUDA 11.8's GA minimum but above 11.x's minor-version-compatibility floor: it runs (doctor's rule)
+    assert drift["driver"]["severity"] == "warning" and drift["driver"]["matters"] is False
+    assert all(drift[f]["sources"] for f in ("torch.build", "torch.cuda", "driver"))
+
+
+def test_a_driver_that_cannot_start_torchs_cuda_is_an_error(fleet, tmp_path):
+    old = _variant(fleet, tmp_path, "n9", hostname="n9", driver_version="418.67")  # torch 2.1.2+cu121
+    proc = _diff(fleet / "n1.json", old, "--json")
+    assert proc.returncode == 1
+    drift = {d["fact"]: d for d in json.loads(proc.stdout)["drift"]}
+    assert drift["driver"]["severity"] == "error" and "n9" in drift["driver"]["why"]
 
 
 def test_folder_and_text_output(fleet):
     proc = _diff(fleet)
     assert proc.returncode == 1
-    assert "DRIFT package deepspeed" in proc.stdout
-    assert "n3" in proc.stdout and "n4" in proc.stdout
+    out = proc.stdout
+    assert "MUST" in out and "package deepspeed" in out and "n3" in out and "n4" in out
+    assert out.rstrip().splitlines()[-1].startswith("FAIL: ")  # ends with the one line that matters
 
 
 def test_ignore_makes_harmless_difference_pass(fleet):
@@ -108,6 +122,7 @@ def test_ignore_makes_harmless_difference_pass(fleet):
 def test_driver_minor_difference_is_a_note_not_a_failure(fleet, tmp_path):
     doc = json.loads((fleet / "n1.json").read_text())
     doc["environment"]["host"]["driver_version"] = "535.129.03"
+    doc["environment"]["host"]["hostname"] = "n9"
     other = tmp_path / "n9.json"
     other.write_text(json.dumps(doc))
     proc = _diff(fleet / "n1.json", other, "--json")
@@ -199,3 +214,88 @@ def test_many_reports_read_in_parallel_find_the_one_drifting_node(fleet, tmp_pat
     proc = _diff(folder)
     assert proc.returncode == 2
     assert "node007.json" in proc.stderr and "truncated" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _variant(fleet, tmp_path, name, **host):
+    doc = json.loads((fleet / "n1.json").read_text())
+    doc["environment"]["host"].update(host)
+    out = tmp_path / f"{name}.json"
+    out.write_text(json.dumps(doc))
+    return out
+
+
+def test_driver_branch_only_is_a_warning_exit_0(fleet, tmp_path):
+    other = _variant(fleet, tmp_path, "n9", hostname="n9", driver_version="550.54.15")
+    proc = _diff(fleet / "n1.json", other, "--json")
+    assert proc.returncode == 0, proc.stdout
+    drift = {d["fact"]: d for d in json.loads(proc.stdout)["drift"]}
+    assert drift["driver"]["severity"] == "warning" and drift["driver"]["matters"] is False and drift["driver"]["sources"]
+    text = _diff(fleet / "n1.json", other)
+    assert text.returncode == 0 and "SHOULD" in text.stdout
+    assert text.stdout.rstrip().splitlines()[-1].startswith("OK with 1 warning")
+
+
+def test_duplicate_hostname_and_duplicate_report_are_flagged(fleet, tmp_path):
+    same_host = _variant(fleet, tmp_path, "copy", driver_version="535.129.03")  # hostname n1 again, other facts
+    proc = _diff(fleet / "n1.json", same_host, "--json")
+    assert proc.returncode == 0  # which node is which is unclear: a warning
+    dups = json.loads(proc.stdout)["duplicates"]
+    assert [(d["kind"], d["severity"]) for d in dups] == [("hostname", "warning")] and dups[0]["value"] == "n1"
+    text = _diff(fleet / "n1.json", same_host)
+    assert "DUPLICATE hostname n1" in text.stdout and text.stdout.rstrip().splitlines()[-1].startswith("OK with")
+    twice = _diff(fleet / "n1.json", fleet / "n1.json")  # the same report twice: a node is missing
+    assert twice.returncode == 1 and "DUPLICATE the same report" in twice.stdout
+    assert "no drift" not in twice.stdout and twice.stdout.rstrip().splitlines()[-1].startswith("FAIL")
+    doc = json.loads(_diff(fleet / "n1.json", fleet / "n1.json", "--json").stdout)
+    assert doc["duplicates"][0]["kind"] == "report" and doc["summary"]["duplicate_reports"] == 1
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda d: d["environment"].__setitem__("host", "gpu01"), "environment.host is str"),
+    (lambda d: d["environment"].__setitem__("distributions", ["torch"]), "environment.distributions is list"),
+    (lambda d: d["environment"]["host"].__setitem__("gpus", "8xA100"), "environment.host.gpus"),
+])
+def test_retyped_sections_are_one_line_errors(fleet, tmp_path, mutate, needle):
+    doc = json.loads((fleet / "n1.json").read_text())
+    mutate(doc)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    proc = _diff(fleet / "n1.json", bad)
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("moe-env: error:") and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 100000 + "]" * 100000,
+    '{"schema": "moe-env.doctor/1", "environment": {"python": {"version": 1' + "0" * 5000 + '}}}',
+    '{"schema": "moe-env.doctor/1", "environment": {"python": {"version": NaN}}}',
+    '{"schema": "moe-env.doctor/1", "environment": {"python": {"version": "\\ud800"}}}',
+])
+def test_hostile_report_text_is_a_one_line_error(tmp_path, text):
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    proc = _diff(bad)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("moe-env: error:") and "Traceback" not in proc.stderr
+
+
+def test_escapes_in_hostnames_and_versions_are_printed_escaped(fleet, tmp_path):
+    doc = json.loads((fleet / "n3.json").read_text())
+    doc["environment"]["host"]["hostname"] = "evil\x1b]0;pwned\x07"
+    doc["environment"]["distributions"]["deepspeed"]["version"] = "0.14.5\x1b[31m"
+    bad = tmp_path / "x.json"
+    bad.write_text(json.dumps(doc))
+    proc = _diff(fleet / "n1.json", bad)
+    assert proc.returncode == 1
+    assert "\x1b" not in proc.stdout and "\\x1b" in proc.stdout
+
+
+def test_what_must_agree_is_the_matrix_table_with_sources():
+    from moe_env.matrix.loader import load_matrix
+
+    table = {f.fact: f for f in load_matrix().fleet_facts}
+    must = {"torch.build", "torch.cuda", "package nvidia-nccl-cu*", "package deepspeed", "package transformers",
+            "package accelerate", "python", "gpu.architecture"}
+    assert {k for k, f in table.items() if f.severity == "error"} == must
+    assert table["driver"].severity == "warning"
+    assert all(f.source for f in table.values())

@@ -337,6 +337,16 @@ def bf16_gpu(ctx: Context) -> List[Finding]:
 # ---------------------------------------------------------------- GPU memory vs the variant's recipe
 
 
+def _gpu_family(name: str, ctx: Context):
+    """The matrix's [[gpu]] row whose longest pattern the name contains (None when no row matches)."""
+    best = None
+    for fam in ctx.matrix.gpus:
+        for pat in fam.match:
+            if pat and pat.lower() in name.lower() and (best is None or len(pat) > len(best[0])):
+                best = (pat, fam)
+    return best[1] if best else None
+
+
 @generic("gpu-memory")
 def gpu_memory(ctx: Context) -> List[Finding]:
     """The variant's recipe names a per-GPU memory floor ([[variant]] min_gpu_memory_gib); probed GPUs below it."""
@@ -345,14 +355,23 @@ def gpu_memory(ctx: Context) -> List[Finding]:
         return []
     need = max(v.min_gpu_memory_gib for v in needing)
     gpus = [g for g in ctx.env.host.gpus if g.memory_mib]
-    if not gpus:
-        return []  # memory unknown (MOE_ENV_GPUS, build mode): nothing to judge
-    small = [g for g in gpus if g.memory_mib < need * 1024 * 0.95]  # "80 GB" cards report ~81559 MiB; 40 GB ~40960
+    sources: List[str] = []
+    if gpus:
+        small = [g for g in gpus if g.memory_mib < need * 1024 * 0.95]  # "80 GB" cards report ~81559 MiB; 40 GB ~40960
+        seen = ", ".join(sorted({f"{g.name} {g.memory_mib // 1024} GiB" for g in small}))
+    else:  # memory unknown (MOE_ENV_GPUS): a GPU family sold only with less memory (V100: 16 or 32 GiB) is judged
+        small, parts = [], set()
+        for g in ctx.env.host.gpus:
+            fam = _gpu_family(g.name or "", ctx)
+            if fam is not None and fam.memory_gib and max(fam.memory_gib) < need * 0.95:
+                small.append(g)
+                parts.add(f"{g.name} ({fam.family}: {' or '.join(str(m) for m in fam.memory_gib)} GiB)")
+                sources.extend(fam.source)
+        seen = ", ".join(sorted(parts))
     if not small:
         return []
     names = ", ".join(f"{v.id} ({v.min_gpu_memory_gib} GiB)" for v in needing)
-    seen = ", ".join(sorted({f"{g.name} {g.memory_mib // 1024} GiB" for g in small}))
-    sources = [s for v in needing for s in v.source]
+    sources += [s for v in needing for s in v.source]
     return [Finding(
         id="gpu.memory-below-recipe", severity="warning",
         title="GPU memory is below what the variant's recipe was run with",

@@ -15,8 +15,10 @@ examples:
   moe-env diff reports/                       one file per node, named after the node
   moe-env diff reports/ --ignore nvidia-ml-py --json
 
-exit codes: 0 no drift that matters (torch, deepspeed, transformers, accelerate, NCCL, CUDA,
-driver major, GPU architecture, Python minor); 1 such drift; 2 bad or unreadable input.
+exit codes: 0 nothing that must agree differs (a driver branch that differs is a warning); 1 drift
+in what must agree (torch build, NCCL, torch's CUDA major, deepspeed, transformers, accelerate, Python
+minor, GPU architecture; a driver that cannot start torch's CUDA), or the same report twice; 2 bad
+or unreadable input. The same hostname in reports that differ is a warning.
 """
 
 

@@ -54,6 +54,8 @@ _FLAT: Dict[str, Tuple[type, str]] = {
     "conflict": (m.Conflict, "conflicts"),
     "wheels": (m.FlashAttnWheels, "flash_attn_wheels"),
     "cuda_image": (m.CudaImage, "cuda_images"),
+    "fleet_fact": (m.FleetFact, "fleet_facts"),
+    "launcher_arg": (m.LauncherArg, "launcher_args"),
 }
 _PACKAGE: Dict[str, type] = {"release": m.PackageRelease, "api": m.ApiEntry}
 _PROJECT: Dict[str, Tuple[type, str]] = {
@@ -63,6 +65,7 @@ _PROJECT: Dict[str, Tuple[type, str]] = {
     "stack": (m.Stack, "stacks"),
     "rule": (m.Rule, "rules"),
     "known_issue": (m.KnownIssue, "known_issues"),
+    "entry_point": (m.EntryPoint, "entry_points"),
 }
 _TOP_SCALARS = {"package", "schema", "description", "class"}
 DECODERS = ("cuda_api", "cuda_min")  # KnownIssue.decode values the triage understands
@@ -265,6 +268,8 @@ def _validate_entry(obj: Any, rel: str, where: str) -> None:
             except ValueError:  # InvalidSpecifier, or a number past int()'s digit limit
                 key = f"{name}.{k}" if k else name
                 raise MatrixError(f"{rel}: {where}.{key}: {v!r} is not a valid version specifier") from None
+    if isinstance(obj, m.FleetFact) and obj.agree not in ("exact", "major", "minor"):
+        raise MatrixError(f"{rel}: {where}.agree: {obj.agree!r} is not exact, major or minor")
     if isinstance(obj, m.KnownIssue):
         for key in ("patterns", "context"):
             for i, pat in enumerate(getattr(obj, key)):
@@ -302,13 +307,22 @@ def _cross_check(matrix: m.Matrix) -> None:
                     raise MatrixError(f"{rel}: {where}: unknown variant {n!r} (variants: {', '.join(sorted(ids))})")
 
         known(p.info.default_variants, "project.default_variants")
-        for kind, entries in (("stack", p.stacks), ("check", p.checks), ("rule", p.rules), ("known_issue", p.known_issues)):
+        for kind, entries in (("stack", p.stacks), ("check", p.checks), ("rule", p.rules), ("known_issue", p.known_issues),
+                              ("entry_point", p.entry_points)):
             seen = set()
             for i, e in enumerate(entries):
-                known(e.variants, f"{kind}[{i}].variants")
+                known(getattr(e, "variants", []), f"{kind}[{i}].variants")
                 if e.id in seen:
                     raise MatrixError(f"{rel}: {kind}[{i}].id: duplicate id {e.id!r}")
                 seen.add(e.id)
+        for i, e in enumerate(p.entry_points):
+            if e.parser not in ("hf", "argparse"):
+                raise MatrixError(f"{rel}: entry_point[{i}].parser: {e.parser!r} is not hf or argparse")
+            bad = [f for f in e.flags + e.conditional_flags if not f.startswith("-")]
+            if bad:
+                raise MatrixError(f"{rel}: entry_point[{i}].flags: {bad[0]!r} is not an option string")
+        if sum(1 for e in p.entry_points if e.default) > 1:
+            raise MatrixError(f"{rel}: entry_point: more than one has default = true")
 
 
 def _norm(name: str) -> str:

@@ -100,6 +100,29 @@ class CudaImage:
         return f"{self.version}-{self.cudnn}-{flavor}-{os_name or self.os[0]}"
 
 
+@dataclass
+class FleetFact:
+    """`[[fleet_fact]]` in fleet.toml: how much a difference of one fact across nodes matters (`moe-env diff`)."""
+
+    fact: str  # "torch.build", "package deepspeed", "package nvidia-nccl-cu*"
+    severity: str  # "error" (must agree) | "warning" (should agree)
+    agree: str  # "exact" | "major" | "minor": the part of the value that must be equal
+    why: str
+    source: List[str]
+
+
+@dataclass
+class LauncherArg:
+    """`[[launcher_arg]]` in launchers.toml: an argument a launcher adds to the script's command line."""
+
+    launcher: str  # program name: "deepspeed"
+    adds: str  # the option string it appends: "--local_rank"
+    unless: str  # the launcher option that turns it off ("" when none)
+    why: str
+    fix: str
+    source: List[str]
+
+
 # ---------------------------------------------------------------- package facts (packages/*.toml)
 
 
@@ -114,6 +137,7 @@ class PackageRelease:
     sdist_only: bool = False
     build_imports_torch: bool = False  # its sdist imports torch while building (needs --no-build-isolation)
     released: str = ""  # date, "2024-01-19"
+    configs: List[str] = field(default_factory=list)  # xtuner: the named training configs the release ships
     notes: str = ""
 
 
@@ -271,6 +295,25 @@ class KnownIssue:
 
 
 @dataclass
+class EntryPoint:
+    """`[[entry_point]]` (compat_matrix/entry_points/*.toml): the flags a training entry point's own
+    parser accepts, generated from upstream by moe_env/matrix/entry_flags.py."""
+
+    id: str
+    scripts: List[str]  # launch words that select it: path suffixes ("mgm/train/train_mem.py") or "xtuner train"
+    parser: str  # "hf" (HfArgumentParser) | "argparse"
+    allow_abbrev: bool  # argparse accepts unique prefixes of a flag
+    flags: List[str]  # every option string, exactly as the parser spells it
+    source: List[str]
+    default: bool = False  # judged when the launch names no script (only its arguments)
+    conditional_flags: List[str] = field(default_factory=list)  # accepted in some set-ups only (see `conditional`)
+    conditional: str = ""
+    no_value_flags: List[str] = field(default_factory=list)  # take no value (store_true/store_false): a word after is stray
+    bool_value_flags: List[str] = field(default_factory=list)  # hf: an optional true/false word (string_to_bool)
+    notes: str = ""
+
+
+@dataclass
 class Project:
     info: ProjectInfo
     pins: List[Pin] = field(default_factory=list)
@@ -279,6 +322,7 @@ class Project:
     stacks: List[Stack] = field(default_factory=list)
     rules: List[Rule] = field(default_factory=list)
     known_issues: List[KnownIssue] = field(default_factory=list)
+    entry_points: List[EntryPoint] = field(default_factory=list)
     file: str = ""
 
     @property
@@ -316,6 +360,8 @@ class Matrix:
     flash_attn_wheels: List[FlashAttnWheels] = field(default_factory=list)
     conflicts: List[Conflict] = field(default_factory=list)
     known_issues: List[KnownIssue] = field(default_factory=list)  # generic ones (compat_matrix/generic/)
+    fleet_facts: List[FleetFact] = field(default_factory=list)
+    launcher_args: List[LauncherArg] = field(default_factory=list)
     projects: Dict[str, Project] = field(default_factory=dict)  # by name
 
     def project(self, name: str) -> Optional[Project]:
