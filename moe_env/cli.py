@@ -46,7 +46,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser; with `only` (a command's module name) just that command's subparser, which is all
+    a run of that command needs (building all nine imports every command module)."""
     parser = _Parser(
         prog="moe-env",
         description="Know whether an environment can train a Mixture-of-Experts project, and pin one that can.",
@@ -55,15 +57,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"moe-env {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMANDS:
+    for name in ([only] if only else COMMANDS):
         importlib.import_module(f"moe_env.commands.{name}").register(sub)
     return parser
 
 
+def _command_of(argv: List[str]) -> Optional[str]:
+    """The command module a command line names (`build-steps` -> build_steps), when it is the first word."""
+    if not argv:
+        return None
+    name = argv[0].replace("-", "_")
+    return name if name in COMMANDS else None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     _guard_streams()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    only = _command_of(argv)
+    early = None
+    if only == "doctor":
+        # start the probe before anything else: its interpreter boots while this one builds the parser
+        # and loads the matrix and the checks (the commands module is light; it imports inside run())
+        from moe_env.commands import doctor
+
+        try:
+            early = doctor.start_early(argv[1:])
+        except MoeEnvError:
+            early = None  # the same error is raised again, in order, by the normal path
+    try:
+        parser = build_parser(only)
+        args = parser.parse_args(argv)
+    except BaseException:
+        if early is not None:
+            early.kill()
+        raise
+    if early is not None:
+        args.early_probe = early
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

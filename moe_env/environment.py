@@ -52,6 +52,8 @@ class TorchBuild:
     location: str = ""
     cudnn_source: Optional[str] = None  # "distribution nvidia-cudnn-cu12" or "torch/lib/libcudnn.so.8.9.2"
     cxx11_abi_source: Optional[str] = None  # "torch/share/cmake/Torch/TorchConfig.cmake" or "torch/lib/libc10.so symbols"
+    nccl: Optional[str] = None  # the NCCL torch loads: "2.21.5"; None for CPU builds or when unknown
+    nccl_source: Optional[str] = None  # "distribution nvidia-nccl-cu12" or "torch/lib/libnccl.so.2.18.3"
 
 
 @dataclass
@@ -189,6 +191,12 @@ class HostInfo:
     overrides: List[str] = field(default_factory=list)  # env vars that replaced probed facts
     notes: List[str] = field(default_factory=list)  # probe failures worth showing (nvidia-smi timed out...)
     hostname: Optional[str] = None  # the node's name, so `moe-env diff` can name nodes in a fleet
+    cuda_home_source: Optional[str] = None  # "CUDA_HOME", "CUDA_PATH", "nvcc on PATH", "/usr/local/cuda"
+    cuda_home_exists: Optional[bool] = None  # None when no CUDA_HOME was found at all
+    cuda_headers_missing: List[str] = field(default_factory=list)  # of include/cuda_runtime.h, include/curand_kernel.h
+    shm_bytes: Optional[int] = None  # size of /dev/shm (statvfs), or MOE_ENV_SHM_SIZE
+    shm_source: Optional[str] = None
+    container: Optional[str] = None  # the marker that says this runs in a container ("/.dockerenv", ...)
 
 
 @dataclass

@@ -21,6 +21,10 @@ class Finding:
     fix: str = ""  # a command where one exists
     sources: List[str] = field(default_factory=list)
     deferred: bool = False  # a host check postponed by --build (no driver/GPU at build time)
+    # what the fix installs, as one requirement ("deepspeed>=0.13.2,<=0.14.5"), and the index it needs
+    # ("" = the default one): the text report ends with one install command made of these
+    requirement: str = ""
+    index_url: str = ""
     # doctor --code: where in the user's checkout (path relative to it, line, the source line as written)
     file: Optional[str] = None
     line: Optional[int] = None

@@ -1,15 +1,18 @@
 """Presentation of findings: text for people (grouped by severity, coloured only on a terminal), JSON for machines.
 
-Nothing here decides anything; it only lays out what checks returned.
+Nothing here decides anything; it only lays out what checks returned. Every text that came from the
+environment (versions, names, paths in `seen`, facts, the fix command) goes through printable() first, so a
+METADATA field cannot move the cursor or recolour the terminal.
 """
 
 from __future__ import annotations
 
 import textwrap
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from moe_env.findings import SEVERITY_ORDER, Finding, sort_findings, summarize
 from moe_env.term import paint
+from moe_env.untrusted import printable
 
 _GROUPS = [
     ("error", "Errors", "red", "✗"),
@@ -18,13 +21,22 @@ _GROUPS = [
 ]
 
 
+# findings printed as one line each, like `uv pip check` (their why and source are the same for all)
+COMPACT = ("deps.missing", "deps.conflict")
+
+
 def render_findings(findings: Iterable[Finding], color: bool = False, header: Optional[str] = None,
-                    width: int = 100) -> str:
-    """The text report: a header line, findings grouped by severity (deferred ones last), a summary line."""
+                    width: int = 100, facts: Sequence[Tuple[str, str]] = (), fix_all: Optional[str] = None) -> str:
+    """The text report: a header line, the environment's facts, findings grouped by severity (deferred ones
+    last), a summary line, and the one command that applies every requirement fix."""
     items = sort_findings(findings)
     lines: List[str] = []
     if header:
-        lines.append(paint(header, "bold", color))
+        lines.append(paint(printable(header), "bold", color))
+        lines.append("")
+    if facts:
+        wide = max(len(k) for k, _ in facts)
+        lines.extend(f"  {k + ':':<{wide + 1}} {printable(v)}" for k, v in facts)
         lines.append("")
     active = [f for f in items if not f.deferred and not f.file]
     deferred = [f for f in items if f.deferred]
@@ -34,8 +46,17 @@ def render_findings(findings: Iterable[Finding], color: bool = False, header: Op
         if not group:
             continue
         lines.append(paint(f"{label} ({len(group)})", colour, color))
+        compact = [f for f in group if f.id in COMPACT]
         for f in group:
+            if f.id in COMPACT:
+                continue
             lines.extend(_finding_lines(f, mark, colour, color, width))
+        if compact:
+            for f in compact:
+                lines.append(f"  {paint(mark, colour, color)} {printable(f.title)}  {paint('[' + printable(f.id) + ']', 'dim', color)}")
+            lines.extend(_wrapped("why", compact[0].why, width))
+            for src in dict.fromkeys(s for f in compact for s in f.sources):
+                lines.extend(_wrapped("source", src, width))
         lines.append("")
     if in_code:
         lines.extend(_code_lines(in_code, color, width))
@@ -45,11 +66,16 @@ def render_findings(findings: Iterable[Finding], color: bool = False, header: Op
             lines.extend(_finding_lines(f, "…", "dim", color, width))
         lines.append("")
     lines.append(summary_line(items, color))
+    if fix_all:
+        lines.append("")
+        lines.append(paint("Fix (all requirement fixes above, in one command):", "bold", color))
+        lines.append(f"  {printable(fix_all)}")
     return "\n".join(lines) + "\n"
 
 
 def _finding_lines(f: Finding, mark: str, colour: str, color: bool, width: int) -> List[str]:
-    out = [f"  {paint(mark, colour, color)} {paint(f.title, 'bold', color)}  {paint('[' + f.id + ']', 'dim', color)}"]
+    out = [f"  {paint(mark, colour, color)} {paint(printable(f.title), 'bold', color)}  "
+           f"{paint('[' + printable(f.id) + ']', 'dim', color)}"]
     for label, text in (("seen", f.seen), ("why", f.why), ("fix", f.fix)):
         if text:
             out.extend(_wrapped(label, text, width))
@@ -86,6 +112,7 @@ def _code_lines(findings: List[Finding], color: bool, width: int) -> List[str]:
 
 
 def _wrapped(label: str, text: str, width: int) -> List[str]:
+    text = printable(text)
     prefix = f"      {label + ':':<8}"
     if label in ("fix", "source"):  # commands and references: never re-flowed
         return [prefix + text]

@@ -310,10 +310,24 @@ def _cache_dir() -> str:
     return _CACHE[0]
 
 
+def hermetic_host() -> Dict[str, str]:
+    """Host facts that do not depend on the machine the tests run on: an empty host root (no /sys, /proc,
+    /dev/shm or container markers) and a CUDA_HOME with the two headers a JIT build needs (no nvcc in it)."""
+    base = Path(_cache_dir())
+    root, toolkit = base / "host-root", base / "cuda-home"
+    if not (toolkit / "include" / "curand_kernel.h").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        (toolkit / "include").mkdir(parents=True, exist_ok=True)
+        for header in ("cuda_runtime.h", "curand_kernel.h"):
+            (toolkit / "include" / header).write_text("/* test header */\n")
+    return {"MOE_ENV_HOST_ROOT": str(root), "CUDA_HOME": str(toolkit)}
+
+
 def moe_env_cli(args: List[str], env: Optional[Dict[str, str]] = None, matrix: Optional[Path] = None,
                 timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run `python -m moe_env ARGS` in a real subprocess, as a user would."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_ENV_")}
+    """Run `python -m moe_env ARGS` in a real subprocess, as a user would (host facts: hermetic_host())."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_ENV_") and k not in ("CUDA_HOME", "CUDA_PATH")}
+    full_env.update(hermetic_host())
     full_env["NO_COLOR"] = "1"
     full_env["MOE_ENV_CACHE_DIR"] = _cache_dir()  # the matrix cache, kept out of the user's ~/.cache
     if matrix is not None:

@@ -7,7 +7,7 @@ import pytest
 from doctor_support import make_env, write_matrix
 from moe_env.checks import GENERIC, KINDS, detect_projects, run_checks
 from moe_env.checks.lockfile import lockfile_findings, parse_lockfile
-from moe_env.environment import ApiSymbol, DeepSpeedBuild, Extension
+from moe_env.environment import ApiSymbol, DeepSpeedBuild, Extension, normalize_name
 from moe_env.errors import UsageError
 from moe_env.matrix.loader import load_matrix
 
@@ -503,3 +503,49 @@ def test_release_rows_add_runtime_requirements_metadata_does_not_enforce(tmp_pat
     assert [f.id for f in findings if "tokenizers" in f.seen] == ["deps.conflict"]
     ok = make_env(dists={"transformers": "4.36.2+local", "accelerate": "0.21.0"}, torch="2.1.2+cu121", torch_cuda="12.1")
     assert "release.requirement" not in ids(run_checks(ok, matrix))
+
+
+# ---------------------------------------------------------------- the Requires-Dist fast path agrees with packaging
+
+REQUIRES_LINES = [
+    "numpy", "torch>=1.10.0", "foo (>=1.0,<2)", "bar[x,y]>=1;python_version<\"3.8\"", "tokenizers<0.24.0,>=0.23.1",
+    'baz ; platform_machine == "x86_64" and (sys_platform == "linux" or os_name=="nt")',
+    "q; python_full_version >= '3.11.2'", "r>=1.0.0.dev0", "s==1.*", "t; 'linux' in sys_platform",
+    "u; extra == 'x' or python_version >= '3'", "v; implementation_name != 'pypy'",
+    "w; platform_python_implementation=='CPython'", "x; python_version > '3.10.0' and python_version<='3.12'",
+    "y@ https://example.invalid/y.whl", "z>=1,", "zz; python_version ~= '3.11'", "huggingface_hub>=0.20 ; python_version >= '3.8'",
+    "nvidia-nccl-cu12==2.21.5; platform_system == \"Linux\" and platform_machine == \"x86_64\"",
+    "a; python_version in '3.10 3.11'", "b; '3.8' < python_version", "c; platform_release >= '5'", "d ; os_name == 'posix' or",
+    "e; unknown_var == '1'", "f !=1.0 , >0.5", "g; (python_version >= '3.8')", "h[extra]", "-bad", "i; sys_platform < 'm'",
+]
+
+
+@pytest.mark.parametrize("python", ["3.8.18", "3.11.7", "3.13.1"])
+def test_requirement_fast_path_reads_lines_as_packaging_does(python):
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    from moe_env.checks import requirements as fast
+    from moe_env.checks.facts import marker_environment
+
+    env = marker_environment(make_env(python=python))
+    for line in REQUIRES_LINES:
+        try:
+            want = Requirement(line)
+        except InvalidRequirement:
+            # never judged: either unparsed, or (a broken marker after a good name) a marker that cannot be judged
+            try:
+                got = fast.parse(line)
+            except fast.Unparsed:
+                continue
+            assert got.marker is not None and fast.evaluate(got.marker, env) is None, line
+            continue
+        got = fast.parse(line)
+        assert (normalize_name(got.name), got.specifier) == (normalize_name(want.name), str(want.specifier)), line
+        if want.marker is None:
+            assert got.marker is None, line
+            continue
+        try:
+            expected = want.marker.evaluate(dict(env))
+        except Exception:
+            expected = None
+        assert fast.evaluate(got.marker, env) == expected, line

@@ -47,10 +47,12 @@ def test_mgm_upstream_pin_is_the_deepspeed_without_set_z3_leaf_modules(matrix):
     pin = next(p for p in mgm.pins if p.package == "deepspeed")
     assert pin.spec == "==0.11.1" and pin.extra == "train"
     bound = next(c for c in mgm.checks if c.kind == "version_bound" and c.params.get("package") == "deepspeed"
-                 and "8x7b" in c.variants and c.params.get("required"))
+                 and "8x7b" in c.variants)
     spec = SpecifierSet(bound.params["spec"])
-    assert "0.11.1" not in spec and "0.12.6" not in spec
-    assert "0.13.0" in spec and "0.14.5" in spec and "0.15.0" not in spec
+    assert "0.11.1" not in spec and "0.12.6" not in spec and "0.13.1" not in spec
+    assert "0.13.2" in spec and "0.14.5" in spec and "0.15.0" not in spec
+    # a known-good range, not a cited failure: a warning (the api_symbol check is the error below 0.13.0)
+    assert bound.severity == "warning" and not bound.params.get("required")
 
 
 def test_mgm_8x7b_needs_set_z3_leaf_modules(matrix):

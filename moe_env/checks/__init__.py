@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple, Union
 
-from moe_env.checks import dependencies, extensions, kinds, platform  # noqa: F401  (registration)
+from moe_env.checks import torch_build, dependencies, extensions, kinds, platform, host  # noqa: F401  (registration; generic checks run in this order)
 from moe_env.checks.registry import GENERIC, KINDS, Context
 from moe_env.environment import Environment
 from moe_env.errors import UsageError
 from moe_env.findings import Finding, sort_findings
 from moe_env.matrix.model import Check, Matrix, Project, Variant
 
-__all__ = ["run_checks", "symbols_needed", "detect_projects", "resolve_project", "resolve_variants", "KINDS", "GENERIC", "Context"]
+__all__ = ["run_checks", "symbols_needed", "served_variants", "detect_projects", "resolve_project", "resolve_variants", "KINDS", "GENERIC", "Context"]
 
 
 def symbols_needed(matrix: Matrix, project: Optional[Project] = None) -> List[str]:
@@ -31,6 +31,8 @@ def symbols_needed(matrix: Matrix, project: Optional[Project] = None) -> List[st
         for c in p.checks:
             if c.kind == "api_symbol" and isinstance(c.params.get("symbol"), str):
                 seen.add(c.params["symbol"])
+            if c.kind == "requires" and isinstance(c.params.get("module"), str):
+                seen.add(c.params["module"])
     return sorted(seen)
 
 
@@ -82,6 +84,25 @@ def resolve_variants(project: Optional[Project], variants: Optional[Sequence[Uni
     return out
 
 
+def served_variants(env: Environment, matrix: Matrix, project: Project) -> Tuple[List[Variant], List[Variant]]:
+    """(served, not served) among the project's default variants: a variant is served when none of the error
+    rules written for it alone (a `variants` list naming it) fails on this stack. Used without --model, so a
+    Mixtral user is not judged against DeepSeek-V2's needs."""
+    served, unserved = [], []
+    for v in resolve_variants(project, None):
+        ctx = Context(env=env, matrix=matrix, project=project, variants=[v])
+        failed = False
+        for check in project.checks:
+            if check.severity != "error" or not check.variants or v.id not in check.variants:
+                continue
+            fn = KINDS.get(check.kind)
+            if fn is not None and any(f.severity == "error" and not f.deferred for f in fn(ctx, check)):
+                failed = True
+                break
+        (unserved if failed else served).append(v)
+    return served, unserved
+
+
 def applies(check: Check, variants: List[Variant]) -> bool:
     return not check.variants or any(v.id in check.variants for v in variants)
 
@@ -119,4 +140,24 @@ def run_checks(env: Environment, matrix: Matrix, project: Union[str, Project, No
                 ))
                 continue
             findings.extend(fn(ctx, check))
-    return sort_findings(findings)
+    from moe_env.checks.merge import merge_findings
+
+    return sort_findings(merge_findings(findings, env, proj.info.title if proj else None, _bounds(ctx)))
+
+
+def _bounds(ctx: Context):
+    """{package: [specifier, ...]} of the project's applicable version_bound rules (errors and warnings)."""
+    out = {}
+    if ctx.project is None:
+        return out
+    from moe_env.environment import normalize_name
+
+    for c in ctx.project.checks:
+        if c.kind != "version_bound" or c.severity not in ("error", "warning") or not applies(c, ctx.variants):
+            continue
+        if not kinds.when_holds(ctx, c):
+            continue
+        pkg, spec = c.params.get("package"), c.params.get("spec")
+        if isinstance(pkg, str) and isinstance(spec, str) and spec:
+            out.setdefault(normalize_name(pkg), []).append(spec)
+    return out

@@ -10,10 +10,8 @@ from __future__ import annotations
 import re
 from typing import List
 
-from packaging.markers import InvalidMarker, UndefinedComparison, UndefinedEnvironmentName
-from packaging.requirements import InvalidRequirement, Requirement
-
 from moe_env.checks.facts import marker_environment, parse_version, spec_contains
+from moe_env.checks.requirements import Unparsed, evaluate, parse
 from moe_env.checks.registry import Context, generic
 from moe_env.environment import normalize_name
 from moe_env.findings import Finding
@@ -60,47 +58,46 @@ def unsatisfied_requirements(ctx: Context) -> List[Finding]:
             if _EXTRA_ONLY.search(line) and " or " not in line:
                 continue
             try:
-                req = Requirement(line)
-            except InvalidRequirement:
+                req = parse(line)
+            except Unparsed:
                 continue  # garbage in someone's METADATA is not this environment's problem
-            if req.marker is not None:
-                try:
-                    if not req.marker.evaluate(marker_env):
-                        continue
-                except (InvalidMarker, UndefinedComparison, UndefinedEnvironmentName):
-                    continue
+            if req.marker is not None and not evaluate(req.marker, marker_env):
+                continue  # False, or a marker that cannot be judged
             dep = env.dist(req.name)
-            wanted = f"{req.name}{req.specifier}"
+            name = normalize_name(req.name)  # huggingface_hub and huggingface-hub are one distribution
+            wanted = f"{name}{req.specifier}"
+            if dep is None and name == "torch" and env.torch is None:
+                continue  # torch.missing speaks for it, once
             if dep is None:
                 out.append(Finding(
                     id="deps.missing", severity="warning",
-                    title=f"{d.name} needs {req.name}, which is not installed",
+                    title=f"The package `{d.name}` requires `{wanted}`, but it's not installed",
                     seen=f"{d.name} {d.version} requires {wanted}, which is not installed",
                     why="Imports of the missing package fail at run time (`pip check` reports the same).",
                     fix=f"pip install '{wanted}'",
                     sources=[SRC_PIP_CHECK],
+                    requirement=wanted,
                 ))
                 continue
-            if not str(req.specifier):
+            if not req.specifier:
                 continue
-            ok = spec_contains(str(req.specifier), dep.version)
+            ok = spec_contains(req.specifier, dep.version)
             if ok is False:
                 out.append(Finding(
                     id="deps.conflict", severity="warning",
-                    title=f"{d.name} needs {wanted}; {dep.name} {dep.version} is installed",
+                    title=f"The package `{d.name}` requires `{wanted}`, but `{dep.name}=={dep.version}` is installed",
                     seen=f"{d.name} {d.version} requires {wanted}, but {dep.name} {dep.version} is installed",
                     why="The package was released against other versions; it may fail or misbehave "
                         "(`pip check` reports the same).",
                     fix=f"pip install '{wanted}'  (or a {d.name} release that accepts {dep.name} {dep.version})",
                     sources=[SRC_PIP_CHECK],
+                    requirement=wanted,
                 ))
     return out
 
 
-@generic("conflicts")
-def known_conflicts(ctx: Context) -> List[Finding]:
-    """The matrix's [[conflict]] table: combinations that break for any project (numpy 2 with torch < 2.3...)."""
-    out = []
+def _fired_conflicts(ctx: Context):
+    """(conflict, what was seen) for each [[conflict]] row whose every `when` entry matches."""
     for c in ctx.matrix.conflicts:
         seen = []
         for pkg, spec in c.when.items():
@@ -111,11 +108,16 @@ def known_conflicts(ctx: Context) -> List[Finding]:
                 break
             seen.append(f"{pkg} {version}")
         else:
-            out.append(Finding(
-                id=c.id, severity=c.severity, title=c.title,
-                seen=" with ".join(seen) + " installed", why=c.why, fix=c.fix, sources=list(c.source),
-            ))
-    return out
+            yield c, seen
+
+
+@generic("conflicts")
+def known_conflicts(ctx: Context) -> List[Finding]:
+    """The matrix's [[conflict]] table: combinations that break for any project (numpy 2 with torch < 2.3...)."""
+    return [Finding(
+        id=c.id, severity=c.severity, title=c.title,
+        seen=" with ".join(seen) + " installed", why=c.why, fix=c.fix, sources=list(c.source),
+    ) for c, seen in _fired_conflicts(ctx)]
 
 
 SRC_RECORD = ("https://packaging.python.org/en/latest/specifications/recording-installed-packages/ "
@@ -163,6 +165,8 @@ def release_requirements(ctx: Context) -> List[Finding]:
     accelerate floors, accelerate's deepspeed floor) and runtime gates.
     """
     out = []
+    # a pair a fired [[conflict]] row names is that row's problem, said once (with its cited failure)
+    conflicting = {frozenset(normalize_name(p) for p in c.when) for c, _ in _fired_conflicts(ctx)}
     for name, d in sorted(ctx.env.distributions.items()):
         row = _release_row(ctx, name, d.version)
         if row is None:
@@ -172,12 +176,12 @@ def release_requirements(ctx: Context) -> List[Finding]:
             if _EXTRA_ONLY.search(line):
                 continue
             try:
-                declared.add(normalize_name(Requirement(line).name))
-            except InvalidRequirement:
+                declared.add(normalize_name(parse(line).name))
+            except Unparsed:
                 continue
         for dep, spec in sorted(row.requires.items()):
             dep_n = normalize_name(dep)
-            if dep_n in declared or not spec:
+            if dep_n in declared or not spec or any({name, dep_n} <= pair for pair in conflicting):
                 continue
             version = ctx.env.version_of(dep_n)
             if version is None and dep_n == "torch" and ctx.env.torch is not None:

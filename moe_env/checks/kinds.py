@@ -23,7 +23,7 @@ def finding_id(ctx: Context, check: Check) -> str:
 
 
 def make(ctx: Context, check: Check, seen: str, *, fix: Optional[str] = None, sources: Optional[List[str]] = None,
-         severity: Optional[str] = None, deferred: bool = False) -> Finding:
+         severity: Optional[str] = None, deferred: bool = False, requirement: str = "") -> Finding:
     return Finding(
         id=finding_id(ctx, check),
         severity=severity or check.severity,
@@ -33,6 +33,7 @@ def make(ctx: Context, check: Check, seen: str, *, fix: Optional[str] = None, so
         fix=check.fix if fix is None else fix,
         sources=list(check.source) + [s for s in (sources or []) if s not in check.source],
         deferred=deferred,
+        requirement=requirement,
     )
 
 
@@ -51,14 +52,31 @@ def _installed(ctx: Context, package: str) -> Optional[str]:
     return None
 
 
+def when_holds(ctx: Context, check: Check) -> bool:
+    """`when = {PACKAGE = SPECIFIER}`: the check applies only while every named package is installed and matches."""
+    when = _param(check, "when", None) or {}
+    if not isinstance(when, dict):
+        return True
+    for pkg, spec in when.items():
+        version = _installed(ctx, str(pkg))
+        if version is None and normalize_name(str(pkg)) == "torch" and ctx.env.torch is not None:
+            version = ctx.env.torch.version
+        if version is None or spec_contains(str(spec), version) is not True:
+            return False
+    return True
+
+
 @kind("version_bound")
 def version_bound(ctx: Context, check: Check) -> List[Finding]:
     package = str(_param(check, "package", ""))
     spec = str(_param(check, "spec", ""))
+    if not when_holds(ctx, check):
+        return []
     version = _installed(ctx, package)
+    want = f"{normalize_name(package)}{spec}"
     if version is None:
         if _param(check, "required", False):
-            return [make(ctx, check, f"{package} is not installed (needs {package}{spec})")]
+            return [make(ctx, check, f"{package} is not installed (needs {package}{spec})", requirement=want)]
         return []
     ok = spec_contains(spec, version)
     if ok is None:
@@ -66,7 +84,7 @@ def version_bound(ctx: Context, check: Check) -> List[Finding]:
                                  "cannot be confirmed", severity="warning" if check.severity == "error" else check.severity)]
     if ok:
         return []
-    return [make(ctx, check, f"{package} {version} installed; needs {package}{spec}")]
+    return [make(ctx, check, f"{package} {version} installed; needs {package}{spec}", requirement=want)]
 
 
 @kind("requires")
@@ -76,8 +94,24 @@ def requires(ctx: Context, check: Check) -> List[Finding]:
         names.insert(0, str(_param(check, "package")))
     if any(_installed(ctx, n) is not None for n in names):
         return []
+    module = _param(check, "module")
+    if module and (ctx.env.api.get(str(module)) is not None and ctx.env.api[str(module)].found):
+        return []  # importable without a distribution (a checkout on PYTHONPATH)
     what = names[0] if len(names) == 1 else "any of " + ", ".join(names)
-    return [make(ctx, check, f"{what}: not installed")]
+    where = f" (and `{module}` is not importable from sys.path or PYTHONPATH)" if module else ""
+    return [make(ctx, check, f"{what}: not installed{where}", requirement=_plain_install(check, names))]
+
+
+def _plain_install(check: Check, names: List[str]) -> str:
+    """The requirement of a fix that is a plain `pip install NAME[==V]` of one of `names` (no flags), else ""."""
+    import re
+
+    m = re.match(r"^pip install '?([A-Za-z0-9][A-Za-z0-9._-]*(?:[=<>!~]=?[^\s']+)?)'?\s*(?:\(.*\))?$", check.fix or "")
+    if not m:
+        return ""
+    want = m.group(1)
+    name = re.match(r"[A-Za-z0-9._-]+", want).group(0)
+    return want if normalize_name(name) in {normalize_name(n) for n in names} else ""
 
 
 @kind("absent")
@@ -141,7 +175,7 @@ def api_symbol(ctx: Context, check: Check) -> List[Finding]:
     if version is None and ctx.env.dist(top) is None:
         return []  # not installed: `requires`/`version_bound` checks speak to presence
     shown = f"{symbol}({param}=...)" if param else symbol
-    fix, sources = _api_fix(ctx, check, package, symbol, param)
+    fix, sources, requirement = _api_fix(ctx, check, package, symbol, param)
     where = f"{package} {version}" if version else package
     info = ctx.env.api.get(symbol)
     if info is None:
@@ -149,12 +183,13 @@ def api_symbol(ctx: Context, check: Check) -> List[Finding]:
                      severity="info", fix=fix, sources=sources)]
     if not info.found:
         detail = f" ({info.error})" if info.error else ""
-        return [make(ctx, check, f"{where} installed; {shown} is not in its source{detail}", fix=fix, sources=sources)]
+        return [make(ctx, check, f"{where} installed; {shown} is not in its source{detail}", fix=fix, sources=sources,
+                     requirement=requirement)]
     if param and param not in (info.params or []):
         loc = f" at {info.file}:{info.line}" if info.file else ""
         have = ", ".join(info.params or []) or "none"
         return [make(ctx, check, f"{where} installed; {symbol}{loc} has no parameter {param!r} (has: {have})",
-                     fix=fix, sources=sources)]
+                     fix=fix, sources=sources, requirement=requirement)]
     return []
 
 
@@ -162,12 +197,13 @@ def _api_fix(ctx: Context, check: Check, package: str, symbol: str, param: str):
     """The check's fix, plus which releases have the symbol according to the package's API table."""
     entries = [e for e in ctx.matrix.api.get(normalize_name(package), []) if e.symbol == symbol and (e.param or "") == param]
     if not entries:
-        return check.fix, []
+        return check.fix, [], ""
     e = entries[0]
     span = f"{package} {e.first} to {e.last}" if e.last else f"{package} >= {e.first}"
     if e.newest_checked and not e.last:
         span += f" (checked up to {e.newest_checked})"
     note = f"API table: {span} has it."
     fix = f"{check.fix} ({note})" if check.fix else note
-    return fix, list(e.source)
+    requirement = f"{normalize_name(package)}>={e.first}" + (f",<={e.last}" if e.last else "")
+    return fix, list(e.source), requirement
 

@@ -119,6 +119,7 @@ def lockfile_findings(env: Environment, lock: Lockfile) -> List[Finding]:
                 why="The environment is not the one the lockfile describes.",
                 fix=f"pip install --no-deps --require-hashes -r {lock.path}  (or: uv pip sync {lock.path})",
                 sources=source,
+                requirement=f"{name}{req.specifier}",
             ))
         elif spec_contains(str(req.specifier), version) is False:
             out.append(Finding(

@@ -217,6 +217,8 @@ def nvcc_vs_torch_cuda(ctx: Context) -> List[Finding]:
     cuda = cuda_major_minor(t.cuda) or t.cuda
     why_compile = "; ".join(reasons)
     sources = [SRC_TORCH_NVCC, SRC_DS_NVCC, SRC_DS_JIT]
+    if host.cuda_home_exists is False and host.cuda_home_source in ("CUDA_HOME", "CUDA_PATH"):
+        return []  # host.cuda-home-missing speaks for it
     if not host.nvcc_version:
         return [Finding(
             id="build.nvcc-missing", severity="warning",

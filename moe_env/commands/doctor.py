@@ -7,7 +7,7 @@ import argparse
 EPILOG = """\
 PROJECT is a name or alias from the matrix (minigemini/mgm, moe-llava, megatron, xtuner). Without
 it, doctor detects the project from the installed distributions, else runs only the generic checks.
-Without --model, the project's MoE variants are judged.
+Without --model, the project's MoE variants that the installed stack serves are judged.
 
 examples:
   moe-env doctor                                   this interpreter, project detected
@@ -23,8 +23,13 @@ examples:
                                                    the installed libraries (read with ast, never run)
   MOE_ENV_GPUS=V100x8 moe-env doctor mgm --from-lock requirements.lock  a lockfile, as if installed on those GPUs
 
-environment: MOE_ENV_GPUS (8.0x8, H100:9.0, none), MOE_ENV_CUDA_DRIVER_VERSION and MOE_ENV_NVCC_VERSION
-replace the probed host facts; NO_COLOR turns colour off; MOE_ENV_NO_CACHE=1 re-reads the matrix.
+The text report starts with a summary of the stack and ends with one install command for every fix
+that is a requirement (uv pip install --python V when the target has no pip).
+
+environment: MOE_ENV_GPUS (8.0x8, H100:9.0, A100:8.0x8:80GB, none), MOE_ENV_CUDA_DRIVER_VERSION,
+MOE_ENV_NVCC_VERSION and MOE_ENV_SHM_SIZE (64M, 1G) replace the probed host facts; MOE_ENV_HOST_ROOT
+reads /sys, /proc and /dev/shm under another folder; NO_COLOR turns colour off; MOE_ENV_NO_CACHE=1
+re-reads the matrix.
 
 exit codes: 0 no errors; 1 errors found (with --strict, warnings too); 2 bad usage or input
 (missing interpreter, unreadable report or lockfile); 4 internal error.
@@ -61,16 +66,44 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def start_early(argv):
+    """Start the probe from the raw command line, before argparse (see cli.main); None when it cannot be known yet.
+
+    Only `--python X` / `--python=X` are read here; anything unusual (help, --from-json, an abbreviated
+    option) leaves it to the normal path, and run() checks the interpreter is the one parsed.
+    """
+    if any(a in ("-h", "--help") or a.startswith("--from") for a in argv):
+        return None
+    python = None
+    for i, a in enumerate(argv):
+        if a == "--":
+            break
+        if a == "--python" and i + 1 < len(argv):
+            python = argv[i + 1]
+        elif a.startswith("--python="):
+            python = a.split("=", 1)[1]
+    from moe_env.probe.runner import ProbeRun, resolve_python
+
+    return ProbeRun(resolve_python(python))
+
+
 def run(args) -> int:
+    early = getattr(args, "early_probe", None)
+    try:
+        return _run(args, early)
+    finally:
+        if early is not None:
+            early.kill()  # a no-op once collected
+
+
+def _run(args, early) -> int:
     import sys
 
     from moe_env.checks import detect_projects, resolve_project, resolve_variants, run_checks
     from moe_env.errors import UsageError
     from moe_env.findings import Finding, exit_code
     from moe_env.matrix.cache import load_matrix_cached
-    from moe_env.render import render_findings
     from moe_env.report import Report, read_report
-    from moe_env.term import use_color
 
     if args.from_json and args.python:
         raise UsageError("--from-json judges a saved report; it cannot be combined with --python")
@@ -99,7 +132,7 @@ def run(args) -> int:
             project = matrix.project(saved.project)
         variants = list(args.model) or (list(saved.variants) if project and saved.project == project.name else [])
     else:
-        env = _probe(args, matrix, project, code)
+        env = _probe(args, matrix, project, early, code)
         variants = list(args.model)
 
     notes = []
@@ -118,11 +151,28 @@ def run(args) -> int:
                 fix=f"moe-env doctor {found[0][0].name}  (name the project)",
             ))
     chosen = resolve_variants(project, variants)
+    if project is not None and not variants and len(chosen) > 1:
+        from moe_env.checks import served_variants
+
+        served, unserved = served_variants(env, matrix, project)
+        if served and unserved:
+            chosen = served
+            notes.append(Finding(
+                id="doctor.variants-served", severity="info",
+                title=f"Judged the variants this stack serves: {', '.join(v.id for v in served)}",
+                seen=f"without --model; {', '.join(v.id for v in unserved)} fail(s) a rule of their own here",
+                why="Each variant has its own needs (DeepSeek-V2 pins XTuner 0.1.20-0.1.23 and transformers 4.40-4.45); "
+                    "judging all of them would report another model's needs.",
+                fix=f"moe-env doctor {project.name} --model {unserved[0].id}  (to judge that one)",
+            ))
     findings = run_checks(env, matrix, project, chosen, detect=False) + notes
     if args.lockfile:
         from moe_env.checks.lockfile import lockfile_findings
 
-        findings += lockfile_findings(env, _read_lockfile(args.lockfile))
+        locked = lockfile_findings(env, _read_lockfile(args.lockfile))
+        # a package the lockfile pins and the environment lacks is one problem: the lockfile's finding says it
+        gone = {f.requirement.split("==")[0] for f in locked if f.id == "lock.missing" and f.requirement}
+        findings = [f for f in findings if not (f.id == "deps.missing" and _req_name(f.requirement) in gone)] + locked
     if code is not None:
         findings = code.findings(findings, env, matrix, project, saved=bool(args.from_json))
     from moe_env.findings import sort_findings
@@ -134,26 +184,41 @@ def run(args) -> int:
     if args.json:
         sys.stdout.write(report.to_json(strict=args.strict))
     else:
+        from moe_env.render import render_findings
+        from moe_env.summary import combined_fix, environment_summary
+        from moe_env.term import use_color
+
         color = use_color(sys.stdout)
         header = _header(report, project, args.from_json) + (f"\n{code.header()}" if code is not None else "")
-        sys.stdout.write(render_findings(findings, color=color, header=header))
+        sys.stdout.write(render_findings(findings, color=color, header=header,
+                                         facts=environment_summary(env, matrix), fix_all=combined_fix(findings, env)))
     return exit_code(findings, args.strict)
 
 
-def _probe(args, matrix, project, code=None):
+def _probe(args, matrix, project, early=None, code=None):
     """Run the probe in the target interpreter (it validates --python and turns failures into one line).
 
     Only the symbols the project's checks need are looked up (every project's when none is named, so
     detection and a later --from-json for any project still have them).
     """
     from moe_env.checks import symbols_needed
-    from moe_env.probe.runner import probe_environment
+    from moe_env.probe.runner import probe_environment, resolve_python
 
+    if early is not None and early.python != resolve_python(args.python):
+        early.kill()  # the pre-scan of the command line guessed another interpreter
+        early = None
     env = probe_environment(args.python, symbols_needed(matrix, project), build_mode=args.build, timeout=args.timeout,
-                            code=code.request() if code is not None else None)
+                            started=early, code=code.request() if code is not None else None)
     if args.build:
         env.host.build_mode = True
     return env
+
+
+def _req_name(requirement: str) -> str:
+    from moe_env.checks.merge import split_requirement
+
+    req = split_requirement(requirement)
+    return req[0] if req else ""
 
 
 def _read_lockfile(path):

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import TYPE_CHECKING, Iterable, List, Optional
 
-from moe_env.environment import Environment
 from moe_env.errors import MoeEnvError, UsageError
-from moe_env.probe.host import gather_host
 
-TARGET = Path(__file__).with_name("target.py")
+if TYPE_CHECKING:  # imported at run time only where used: doctor starts the probe before loading it
+    from moe_env.environment import Environment
+
+# imports stay few here: doctor starts the probe with this module before loading anything else
+TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "target.py")
 MARKER = "MOE_ENV_PROBE_JSON:"
 DEFAULT_TIMEOUT = 20.0
 # Load target.py through importlib rather than as a script: the target interpreter then keeps its bytecode in
@@ -43,6 +43,8 @@ def resolve_python(python: Optional[str]) -> str:
                 return candidate
         raise UsageError(f"--python {python}: a folder without bin/python; give an interpreter or a virtual environment")
     if os.sep not in path and not os.path.exists(path):
+        import shutil
+
         found = shutil.which(path)
         if found is None:
             raise UsageError(f"--python {python}: no such interpreter on PATH; give its full path")
@@ -59,30 +61,73 @@ def _extra_paths() -> List[str]:
     return [os.path.abspath(p) for p in value.split(os.pathsep) if p]
 
 
-def run_target(python: str, symbols: Iterable[str], timeout: float, code: Optional[dict] = None) -> dict:
-    """Run target.py under `python`; return its JSON object or raise a one-line MoeEnvError.
+def probe_command(python: str) -> List[str]:
+    """The command line that runs target.py under `python` (it reads its request on stdin)."""
+    return [python, "-I", "-S", "-c", _BOOTSTRAP.format(path=str(TARGET)), "--stdin"]
 
-    `code` ({"symbols": [...], "libraries": [...]}) asks, in the same run, about the names a checkout uses."""
-    payload = {"symbols": list(symbols), "extra_paths": _extra_paths()}
-    if code is not None:
-        payload["code"] = code
-    request = json.dumps(payload)
-    cmd = [python, "-I", "-S", "-c", _BOOTSTRAP.format(path=str(TARGET)), "--stdin"]
-    try:
-        proc = subprocess.run(cmd, input=request, capture_output=True, text=True, timeout=timeout,
-                              errors="replace")
-    except subprocess.TimeoutExpired:
-        raise UsageError(f"--python {python}: the probe did not finish within {timeout:g}s "
-                         "(a hung file system or .pth file?); retry with a larger --timeout") from None
-    except PermissionError:
-        raise UsageError(f"--python {python}: permission denied; give an interpreter you may run") from None
-    except OSError as exc:
-        raise UsageError(f"--python {python}: cannot run it ({exc.strerror or exc}); "
-                         "is it a Python interpreter?") from None
-    data = _parse_output(proc.stdout)
-    if data is None:
-        raise UsageError(f"--python {python}: {_failure(proc)}")
-    return data
+
+class ProbeRun:
+    """A probe started early: the target interpreter boots while the host side loads the matrix and its checks.
+
+    `start` launches it (its start-up is most of a probe's time); `finish` sends the request, which
+    needs the matrix (the API symbols to look up), and collects the JSON. Always finish or `kill` it.
+    """
+
+    def __init__(self, python: str):
+        self.python = python
+        self.started = time.perf_counter()
+        try:
+            self.proc: Optional[subprocess.Popen] = subprocess.Popen(
+                probe_command(python), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True, errors="replace")
+        except PermissionError:
+            raise UsageError(f"--python {python}: permission denied; give an interpreter you may run") from None
+        except OSError as exc:
+            raise UsageError(f"--python {python}: cannot run it ({exc.strerror or exc}); "
+                             "is it a Python interpreter?") from None
+
+    def finish(self, symbols: Iterable[str], timeout: float, code: Optional[dict] = None) -> dict:
+        """Send the request, wait for the JSON; a one-line MoeEnvError when the target is not a working Python.
+
+        `code` ({"symbols": [...], "libraries": [...]}) asks, in the same run, about the names a checkout uses."""
+        proc = self.proc
+        if proc is None:
+            raise MoeEnvError("internal: the probe was already collected")
+        payload = {"symbols": list(symbols), "extra_paths": _extra_paths()}
+        if code is not None:
+            payload["code"] = code
+        request = json.dumps(payload)
+        try:
+            stdout, stderr = proc.communicate(request, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise UsageError(f"--python {self.python}: the probe did not finish within {timeout:g}s "
+                             "(a hung file system or .pth file?); retry with a larger --timeout") from None
+        except BrokenPipeError:  # it exited before reading the request (not Python at all)
+            stdout, stderr = proc.communicate()
+        finally:
+            self.seconds = time.perf_counter() - self.started
+        self.proc = None
+        result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        data = _parse_output(stdout)
+        if data is None:
+            raise UsageError(f"--python {self.python}: {_failure(result)}")
+        return data
+
+    def kill(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        if proc is not None:
+            try:
+                proc.communicate(timeout=5)
+            except (subprocess.TimeoutExpired, OSError, ValueError):
+                pass
+
+
+def run_target(python: str, symbols: Iterable[str], timeout: float, code: Optional[dict] = None) -> dict:
+    """Run target.py under `python`; return its JSON object or raise a one-line MoeEnvError."""
+    return ProbeRun(python).finish(symbols, timeout, code)
 
 
 def _parse_output(stdout: str) -> Optional[dict]:
@@ -115,17 +160,28 @@ def _failure(proc: subprocess.CompletedProcess) -> str:
 
 
 def probe_environment(python: Optional[str] = None, symbols: Iterable[str] = (), build_mode: bool = False,
-                      timeout: float = DEFAULT_TIMEOUT, code: Optional[dict] = None) -> Environment:
-    """Probe the interpreter `python` (default: this one) and this host; never imports the target's packages."""
-    exe = resolve_python(python)
-    started = time.perf_counter()
-    data = run_target(exe, symbols, timeout, code)
-    seconds = time.perf_counter() - started
+                      timeout: float = DEFAULT_TIMEOUT, started: Optional[ProbeRun] = None,
+                      code: Optional[dict] = None) -> Environment:
+    """Probe the interpreter `python` (default: this one) and this host; never imports the target's packages.
+
+    With `started` (a ProbeRun begun earlier for the same interpreter), the host facts are gathered
+    while the target still runs, and its result is collected last.
+    """
+    from moe_env.environment import Environment
+    from moe_env.probe.host import gather_host
+
+    run = started if started is not None else ProbeRun(resolve_python(python))
+    try:
+        host = gather_host(build_mode=build_mode)
+    except BaseException:
+        run.kill()
+        raise
+    data = run.finish(symbols, timeout, code)
     try:
         env = Environment.from_dict(data)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise MoeEnvError(f"--python {exe}: the probe's report does not fit this moe-env ({exc}); "
+        raise MoeEnvError(f"--python {run.python}: the probe's report does not fit this moe-env ({exc}); "
                           "is target.py from the same moe-env version?") from None
-    env.host = gather_host(build_mode=build_mode)
-    env.probe_seconds = round(seconds, 4)
+    env.host = host
+    env.probe_seconds = round(run.seconds, 4)
     return env

@@ -1315,7 +1315,7 @@ def torch_build(index, dists, errors):
     pkg_dir = mod["dirs"][0] if mod and mod["dirs"] else None
     build = {"version": dist["version"] if dist else "", "local": None, "cuda": None, "cudnn": None, "hip": None,
              "git_version": None, "cxx11_abi": None, "debug": None, "location": pkg_dir or (dist or {}).get("location", ""),
-             "cudnn_source": None, "cxx11_abi_source": None}
+             "cudnn_source": None, "cxx11_abi_source": None, "nccl": None, "nccl_source": None}
     if pkg_dir is None:
         errors.append("torch: distribution %s is installed but the torch package is missing" % build["version"])
         return build
@@ -1332,6 +1332,7 @@ def torch_build(index, dists, errors):
     if "+" in build["version"]:
         build["local"] = build["version"].split("+", 1)[1]
     _torch_cudnn(build, pkg_dir, dists)
+    _torch_nccl(build, pkg_dir, dists)
     _torch_abi(build, pkg_dir, errors)
     return build
 
@@ -1365,6 +1366,29 @@ def _torch_cudnn(build, pkg_dir, dists):
             build["cudnn"] = m.group(2)
             build["cudnn_source"] = "torch's Requires-Dist (%s is not installed)" % normalize_name(m.group(1))
             return
+
+
+def _torch_nccl(build, pkg_dir, dists):
+    """NCCL: the nvidia-nccl-cu* wheel torch loads, else a libnccl.so.X[.Y.Z] bundled in torch/lib (file names only)."""
+    if not build["cuda"]:
+        return
+    for name in sorted(dists):
+        if name.startswith("nvidia-nccl-cu"):
+            build["nccl"] = dists[name]["version"]
+            build["nccl_source"] = "distribution %s" % name
+            return
+    try:
+        entries = sorted(os.listdir(os.path.join(pkg_dir, "lib")))
+    except OSError:
+        entries = []
+    best = None
+    for entry in entries:
+        m = re.match(r"libnccl\.so\.(\d+(?:\.\d+)*)$", entry)
+        if m and (best is None or len(m.group(1)) > len(best)):
+            best = m.group(1)
+    if best:
+        build["nccl"] = best
+        build["nccl_source"] = "torch/lib/libnccl.so.%s" % best
 
 
 def _torch_abi(build, pkg_dir, errors):

@@ -1,0 +1,197 @@
+"""Generic checks on torch itself: missing, or a build that cannot drive the host's NVIDIA GPUs.
+
+The other platform checks (driver, architectures, nvcc) judge a CUDA build; these run first and
+speak for the cases where there is none: no torch at all, a `+cpu` build, a ROCm build. The fix
+names the CUDA build to install instead: what `pip install torch==X` gives from the default index
+(the matrix's `[[torch]] default_cuda`) when this host's driver runs it, else the PyTorch index
+folder of the newest `cuda_builds` variant the driver does run (URL from moe_env/lock/indexes.py).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import List, Optional, Tuple
+
+from moe_env.checks.facts import cuda_major_minor, parse_version, release_tuple
+from moe_env.checks.registry import Context, generic
+from moe_env.environment import normalize_name
+from moe_env.findings import Finding
+
+SRC_NOT_COMPILED = ("release:torch==2.13.0:torch/cuda/__init__.py:522 _lazy_init raises "
+                    "AssertionError('Torch not compiled with CUDA enabled') in a build without CUDA")
+SRC_REQUIRES_DIST = ("https://packaging.python.org/en/latest/specifications/core-metadata/#requires-dist "
+                     "each Requires-Dist must be installed for the distribution to import")
+
+_EXTRA_ONLY = re.compile(r";.*\bextra\s*==")
+_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def torch_missing(ctx: Context) -> bool:
+    return ctx.env.torch is None and ctx.env.dist("torch") is None
+
+
+def _requirers(ctx: Context) -> List[str]:
+    """Installed distributions whose (non-extra) Requires-Dist names torch."""
+    out = []
+    for d in sorted(ctx.env.distributions.values(), key=lambda d: d.name):
+        for line in d.requires:
+            m = _NAME.match(line)
+            if m and normalize_name(m.group(1)) == "torch" and not (_EXTRA_ONLY.search(line) and " or " not in line):
+                out.append(f"{d.name} {d.version}")
+                break
+    return out
+
+
+@generic("torch-missing")
+def torch_missing_check(ctx: Context) -> List[Finding]:
+    if not torch_missing(ctx):
+        return []
+    pin = next((p for p in ctx.project.pins if normalize_name(p.package) == "torch"), None) if ctx.project else None
+    needers = _requirers(ctx)
+    if ctx.project is None and not needers:
+        return []
+    want = f"torch{pin.spec}" if pin and pin.spec else "torch"
+    if ctx.project is not None:
+        seen = f"no torch in {ctx.env.python.executable}'s site-packages; {ctx.project.info.title} trains with torch"
+        if pin and pin.spec:
+            seen += f" (its pin: {want})"
+        sources = list(pin.source) if pin else []
+    else:
+        seen = f"no torch installed; {', '.join(needers[:6])}{' ...' if len(needers) > 6 else ''} require it"
+        sources = [SRC_REQUIRES_DIST]
+    if needers and ctx.project is not None:
+        seen += f"; {', '.join(needers[:6])}{' ...' if len(needers) > 6 else ''} require it"
+    return [Finding(
+        id="torch.missing", severity="error",
+        title="torch is not installed",
+        seen=seen,
+        why="Every `import torch` fails with ModuleNotFoundError: No module named 'torch'; nothing trains.",
+        fix=f"pip install '{want}'  (a CUDA build for this host: `moe-env lock{' ' + ctx.project.name if ctx.project else ''}` pins one)",
+        sources=sources or [SRC_REQUIRES_DIST],
+        requirement=want,
+    )]
+
+
+# ---------------------------------------------------------------- a CPU or ROCm build where NVIDIA GPUs train
+
+
+def _driver_support(ctx: Context, cuda: str) -> Optional[str]:
+    """'full' when the host's driver meets CUDA `cuda`'s minimum, 'compat' under minor-version compatibility,
+    'no' when it meets neither, None when the driver is unknown."""
+    from moe_env.checks.platform import _driver_row
+
+    driver = parse_version(ctx.env.host.driver_version)
+    if driver is None:
+        return None
+    row = _driver_row(ctx, cuda)
+    if row is not None and parse_version(row.min_driver) is not None and driver >= parse_version(row.min_driver):
+        return "full"
+    major = (release_tuple(cuda) or (0, 0))[0]
+    compat = next((c for c in ctx.matrix.cuda_minor_compat if c.cuda_major == major), None)
+    if compat is not None and parse_version(compat.min_driver) is not None and driver >= parse_version(compat.min_driver):
+        return "compat"
+    return "no"
+
+
+def _arch_ok(ctx: Context, version: str, cuda: str) -> bool:
+    """Whether the official build for `cuda` carries kernels for every probed GPU (True when unknown)."""
+    from moe_env.checks.facts import gpu_capabilities
+    from moe_env.checks.platform import _arch_row, _runs_on
+
+    row = _arch_row(ctx, version, cuda)
+    if row is None:
+        return True
+    for _, cc in gpu_capabilities(ctx.env, ctx.matrix):
+        t = release_tuple(cc)
+        if t is not None and not _runs_on(t, row.archs, row.ptx):
+            return False
+    return True
+
+
+def cuda_replacement(ctx: Context, version: str) -> Tuple[Optional[str], Optional[str], str]:
+    """(local tag like "cu126", CUDA "12.6", a sentence) for the CUDA build of torch `version` to install instead.
+
+    The default index's build (`pip install torch==X`) is preferred when the driver runs it fully;
+    else the newest PyTorch-index variant it runs fully, else one it runs under minor-version compatibility.
+    """
+    release = ctx.matrix.torch_release(version)
+    public = version.split("+", 1)[0]
+    if release is None:
+        return None, None, f"the matrix has no [[torch]] row for {public}"
+    default = cuda_major_minor(release.default_cuda) or release.default_cuda
+    builds = sorted({cuda_major_minor(c) or c for c in list(release.cuda_builds) + [release.default_cuda]},
+                    key=lambda c: release_tuple(c) or (0, 0), reverse=True)
+    said = f"`pip install torch=={public}` from the default index gives its CUDA {default} build"
+    support = {c: _driver_support(ctx, c) for c in builds}
+    if all(s is None for s in support.values()):  # no driver to judge (build mode): the default build
+        return "cu" + default.replace(".", ""), default, said
+    fits = [c for c in builds if support[c] == "full" and _arch_ok(ctx, version, c)]
+    compat = [c for c in builds if support[c] == "compat" and _arch_ok(ctx, version, c)]
+    if default in fits:
+        return "cu" + default.replace(".", ""), default, said + f", which driver {ctx.env.host.driver_version} runs"
+    pick = (fits or compat or [None])[0]
+    if pick is None:
+        return None, None, said + f"; driver {ctx.env.host.driver_version} runs none of its CUDA builds ({', '.join(builds)})"
+    how = "" if pick in fits else " (under CUDA minor-version compatibility)"
+    return ("cu" + pick.replace(".", ""), pick,
+            said + f", which driver {ctx.env.host.driver_version} is too old for; the newest CUDA build on the PyTorch "
+                   f"index it runs is CUDA {pick}{how}")
+
+
+@generic("torch-build-vs-host")
+def torch_build_vs_host(ctx: Context) -> List[Finding]:
+    t = ctx.env.torch
+    if t is None or t.cuda:
+        return []
+    rocm = bool(t.hip) or (t.local or "").startswith("rocm")
+    host = ctx.env.host
+    nvidia = bool(host.gpus) or bool(host.driver_version)
+    build_for_gpus = ctx.build_mode and ctx.project is not None
+    kind = f"a ROCm (HIP {t.hip}) build" if rocm and t.hip else ("a ROCm build" if rocm else "a CPU-only build (no CUDA)")
+    fid = "torch.rocm-build-on-nvidia-host" if rocm else "torch.cpu-build-on-gpu-host"
+    if not nvidia and not build_for_gpus:
+        if ctx.project is None:
+            return []
+        return [Finding(
+            id="torch.rocm-build-for-gpu-project" if rocm else "torch.cpu-build-for-gpu-project", severity="warning",
+            title=f"torch {t.version} is {kind}; {ctx.project.info.title} trains on NVIDIA GPUs",
+            seen=f"torch {t.version} (torch/version.py: cuda = None{', hip = ' + t.hip if t.hip else ''}); no NVIDIA GPU on this host",
+            why="Fine for a login or CPU node; on a GPU node this torch cannot use the GPUs.",
+            fix="Install a CUDA build of torch on the GPU nodes (`moe-env lock` pins one), or run doctor there.",
+            sources=[SRC_NOT_COMPILED],
+        )]
+    tag, cuda, said = cuda_replacement(ctx, t.version)
+    public = t.version.split("+", 1)[0]
+    where = (f"this host has {len(host.gpus)} NVIDIA GPU(s)" if host.gpus else f"this host has NVIDIA driver {host.driver_version}") \
+        if nvidia else f"--build: the image is for {ctx.project.info.title}, which trains on NVIDIA GPUs"
+    requirement, index = "", ""
+    if tag:
+        from moe_env.lock.indexes import torch_index_url
+
+        index = torch_index_url(tag)
+        requirement = f"torch=={public}+{tag}"
+        fix = f"pip install '{requirement}' --index-url {index}"
+    elif ctx.matrix.torch_release(t.version) is None:
+        fix = (f"Install a CUDA build of torch {public} from the PyTorch index (one folder per CUDA build, "
+               f"e.g. {_example_index()}), or a torch release the matrix knows (`moe-env lock` pins one)")
+    else:
+        fix = (f"Upgrade the NVIDIA driver, then install a CUDA build of torch {public} from the PyTorch index "
+               f"(one folder per CUDA build, e.g. {_example_index()})")
+    return [Finding(
+        id=fid, severity="error",
+        title=f"torch {t.version} is {kind}, but the GPUs here are NVIDIA's",
+        seen=f"torch {t.version} (torch/version.py: cuda = None{', hip = ' + t.hip if t.hip else ''}); {where}; {said}",
+        why=("torch.cuda.is_available() is False and the first .cuda() raises 'Torch not compiled with CUDA enabled'"
+             + (" (a HIP build drives AMD GPUs only)" if rocm else "") + "; nothing trains on the GPUs."),
+        fix=fix,
+        sources=[SRC_NOT_COMPILED],
+        requirement=requirement,
+        index_url=index,
+    )]
+
+
+def _example_index() -> str:
+    from moe_env.lock.indexes import torch_index_url
+
+    return torch_index_url("cu126")
+
