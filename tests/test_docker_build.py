@@ -174,11 +174,16 @@ def test_doctor_gate_passes_a_good_stack(buildah, context):
         # container start: the entrypoint runs the full doctor (no --build), then the command.
         # Told the node's GPUs and driver, it passes and the command runs; MOE_ENV_DOCTOR=0 skips it.
         node = ["--env", "MOE_ENV_GPUS=8.0x8", "--env", "MOE_ENV_CUDA_DRIVER_VERSION=550.54.15"]
+        # buildah run gives the container a 64 MiB /dev/shm, Docker's default: with 8 GPUs that is caught
+        small = _run(buildah + ["run", *_run_isolation(), *node, ctr, "--", *entry, "echo", "command-ran"])
+        assert small.returncode == 1 and "host.shm-too-small" in small.stdout, small.stdout + small.stderr
+        # a node started with --shm-size=16g (stated, as buildah run cannot size it) passes and the command runs
+        node += ["--env", "MOE_ENV_SHM_SIZE=16G"]
         started = _run(buildah + ["run", *_run_isolation(), *node, ctr, "--", *entry, "echo", "command-ran"])
         assert started.returncode == 0 and "command-ran" in started.stdout, started.stdout + started.stderr
         assert "moe-env doctor: /opt/venv/bin/python" in started.stdout
         # on a node whose driver is too old for torch's CUDA 12.1, the start-up check stops the command
-        old = ["--env", "MOE_ENV_GPUS=8.0x8", "--env", "MOE_ENV_CUDA_DRIVER_VERSION=470.57.02"]
+        old = ["--env", "MOE_ENV_GPUS=8.0x8", "--env", "MOE_ENV_CUDA_DRIVER_VERSION=470.57.02", "--env", "MOE_ENV_SHM_SIZE=16G"]
         stopped = _run(buildah + ["run", *_run_isolation(), *old, ctr, "--", *entry, "echo", "command-ran"])
         assert stopped.returncode == 1 and "command-ran" not in stopped.stdout, stopped.stdout + stopped.stderr
         assert "470.57.02" in stopped.stdout

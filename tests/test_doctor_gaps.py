@@ -198,6 +198,26 @@ def test_dev_shm_in_a_container_with_several_gpus(venv, tmp_path, size, severity
         assert f["severity"] == severity and "--shm-size=1g" in f["fix"] and any("nccl#342" in s for s in f["sources"])
 
 
+def test_dev_shm_of_a_build_container_is_deferred():
+    """In a Docker build (--build) the build container's /dev/shm says nothing of the training container's:
+    the check is deferred (the slow tier's real buildah build once failed its gate on a 64 MiB build /dev/shm)."""
+    from moe_env.checks.host import shm_size
+    from moe_env.checks.registry import Context
+    from moe_env.environment import GPU, Environment, HostInfo, PythonInfo
+    from moe_env.matrix.cache import load_matrix_cached
+
+    def judge(source, build):
+        host = HostInfo(gpus=[GPU(index=i, name="A100", compute_capability="8.0") for i in range(8)],
+                        shm_bytes=64 << 20, shm_source=source, container="/run/.containerenv", build_mode=build)
+        env = Environment(python=PythonInfo("3.11.7", "cpython", "x", "/p", "linux-x86_64", "x86_64"), host=host)
+        return {f.id: f for f in shm_size(Context(env=env, matrix=load_matrix_cached()))}
+
+    assert judge("statvfs /dev/shm", build=False)["host.shm-too-small"].severity == "error"
+    deferred = judge("statvfs /dev/shm", build=True)
+    assert set(deferred) == {"host.shm-deferred"} and deferred["host.shm-deferred"].deferred
+    assert judge("MOE_ENV_SHM_SIZE", build=True)["host.shm-too-small"].severity == "error"  # a stated size is judged
+
+
 def test_dev_shm_read_with_statvfs_under_the_host_root(venv, tmp_path):
     _cuda_venv(venv)
     root = _container_root(tmp_path)

@@ -81,6 +81,16 @@ def shm_size(ctx: Context) -> List[Finding]:
         return []  # a bare host's /dev/shm is half its memory; only containers cap it
     if host.shm_bytes >= SHM_GOOD:
         return []
+    if ctx.build_mode and host.shm_source != "MOE_ENV_SHM_SIZE":
+        # a build container's /dev/shm says nothing of the one `docker run --shm-size` gives the job
+        return [Finding(
+            id="host.shm-deferred", severity="info", deferred=True,
+            title="/dev/shm check deferred to the node (--build)",
+            seen=f"/dev/shm of the build container is {_size(host.shm_bytes)}; {len(host.gpus)} GPUs stated",
+            why="The size that matters is the one the training container is started with.",
+            fix="Start the container with --shm-size=1g (or --ipc=host), or set MOE_ENV_SHM_SIZE to judge it now.",
+            sources=list(SRC_SHM),
+        )]
     fails = host.shm_bytes <= SHM_FAILS
     where = f"in a container ({host.container})" if host.container else "as MOE_ENV_SHM_SIZE says"
     return [Finding(
