@@ -47,7 +47,7 @@ def _nesting(raw: bytes) -> int:
     if skeleton.count(b"[") + skeleton.count(b"{") <= 1:
         return skeleton.count(b"[") + skeleton.count(b"{")
     skeleton = skeleton.replace(b"\\\\", b"").replace(b'\\"', b"").replace(b"\\", b"")
-    skeleton = re.sub(rb'"[^"]*"', b"", skeleton)
+    skeleton = b"".join(skeleton.split(b'"')[::2])  # quotes now alternate open/close: keep what is outside
     if not skeleton:
         return 0
     return max(0, max(accumulate(map(_DEPTH_TABLE.__getitem__, skeleton))))
