@@ -1337,27 +1337,33 @@ def torch_build(index, dists, errors):
     return build
 
 
-def _torch_cudnn(build, pkg_dir, dists):
-    """cuDNN: the nvidia-cudnn-cu* wheel torch loads, else a libcudnn bundled in torch/lib, else torch's pin."""
-    if not build["cuda"]:
-        return
+def _cuda_library(build, pkg_dir, dists, key, wheel_prefix, lib):
+    """A CUDA library torch loads (`key`: cudnn, nccl): the nvidia-*-cu* wheel holding it, else the
+    newest lib<name>.so.X[.Y.Z] bundled in torch/lib (file names only). True when one was found."""
     for name in sorted(dists):
-        if name.startswith("nvidia-cudnn-cu"):
-            build["cudnn"] = dists[name]["version"]
-            build["cudnn_source"] = "distribution %s" % name
-            return
+        if name.startswith(wheel_prefix):
+            build[key] = dists[name]["version"]
+            build[key + "_source"] = "distribution %s" % name
+            return True
     try:
         entries = sorted(os.listdir(os.path.join(pkg_dir, "lib")))
     except OSError:
         entries = []
     best = None
     for entry in entries:
-        m = re.match(r"libcudnn\.so\.(\d+(?:\.\d+)*)$", entry)
+        m = re.match(r"%s\.so\.(\d+(?:\.\d+)*)$" % re.escape(lib), entry)
         if m and (best is None or len(m.group(1)) > len(best)):
             best = m.group(1)
     if best:
-        build["cudnn"] = best
-        build["cudnn_source"] = "torch/lib/libcudnn.so.%s" % best
+        build[key] = best
+        build[key + "_source"] = "torch/lib/%s.so.%s" % (lib, best)
+        return True
+    return False
+
+
+def _torch_cudnn(build, pkg_dir, dists):
+    """cuDNN: the nvidia-cudnn-cu* wheel torch loads, else a libcudnn bundled in torch/lib, else torch's pin."""
+    if not build["cuda"] or _cuda_library(build, pkg_dir, dists, "cudnn", "nvidia-cudnn-cu", "libcudnn"):
         return
     for req in (dists.get("torch") or {}).get("requires") or []:
         # the pin in torch's own metadata (`nvidia-cudnn-cu12 (==8.9.2.26) ; ...` in 2.1.2), when it is not installed
@@ -1369,26 +1375,9 @@ def _torch_cudnn(build, pkg_dir, dists):
 
 
 def _torch_nccl(build, pkg_dir, dists):
-    """NCCL: the nvidia-nccl-cu* wheel torch loads, else a libnccl.so.X[.Y.Z] bundled in torch/lib (file names only)."""
-    if not build["cuda"]:
-        return
-    for name in sorted(dists):
-        if name.startswith("nvidia-nccl-cu"):
-            build["nccl"] = dists[name]["version"]
-            build["nccl_source"] = "distribution %s" % name
-            return
-    try:
-        entries = sorted(os.listdir(os.path.join(pkg_dir, "lib")))
-    except OSError:
-        entries = []
-    best = None
-    for entry in entries:
-        m = re.match(r"libnccl\.so\.(\d+(?:\.\d+)*)$", entry)
-        if m and (best is None or len(m.group(1)) > len(best)):
-            best = m.group(1)
-    if best:
-        build["nccl"] = best
-        build["nccl_source"] = "torch/lib/libnccl.so.%s" % best
+    """NCCL: the nvidia-nccl-cu* wheel torch loads, else a libnccl.so.X[.Y.Z] bundled in torch/lib."""
+    if build["cuda"]:
+        _cuda_library(build, pkg_dir, dists, "nccl", "nvidia-nccl-cu", "libnccl")
 
 
 def _torch_abi(build, pkg_dir, errors):
