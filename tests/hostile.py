@@ -462,19 +462,6 @@ def lay_out(folder: Path, files: Dict[str, Content]) -> None:
             path.write_bytes(content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content)
 
 
-def snapshot(folder: Path) -> Dict[str, bytes]:
-    out = {}
-    for root, dirs, names in os.walk(folder):
-        for name in names:
-            p = Path(root, name)
-            if p.is_file() and not p.is_symlink():
-                try:
-                    out[str(p.relative_to(folder))] = p.read_bytes()
-                except OSError:
-                    pass
-    return out
-
-
 def run_case(case: Case, folder: Path, base_env: Dict[str, str]) -> Tuple[subprocess.CompletedProcess, float]:
     lay_out(folder, case.files)
     argv = [a.replace("{dir}", str(folder)) for a in case.argv]
@@ -490,7 +477,6 @@ def run_case(case: Case, folder: Path, base_env: Dict[str, str]) -> Tuple[subpro
 
 
 def judge(case: Case, folder: Path, base_env: Dict[str, str], sentinel: Path) -> None:
-    before = snapshot(folder) if folder.exists() else {}
     folder.mkdir(parents=True, exist_ok=True)
     lay_out_keep = {k: v for k, v in case.files.items() if k in case.keep}
     proc, seconds = run_case(case, folder, base_env)
@@ -514,7 +500,6 @@ def judge(case: Case, folder: Path, base_env: Dict[str, str], sentinel: Path) ->
                 f"an injected line reached {rel}: " + where
     temps = [p for p in folder.rglob("*") if p.name.startswith(".moe-env-") or p.name.endswith(".tmp")]
     assert not temps, f"temp files left: {temps}: " + where
-    del before
 
 
 def strategies(sentinel: str, base_report: dict, matrix_files: Dict[str, bytes]) -> Dict[str, Callable[[], st.SearchStrategy]]:
