@@ -64,6 +64,9 @@ class Match:
     notes: List[str] = field(default_factory=list)  # decoded facts ("found version 11040 = CUDA 11.4 ...")
     confirmation: str = ""  # set by explain --python: "confirmed: ..." or "not seen in this environment"
     rank: int = 0  # order among the issues of the same line: most specific first
+    groups: Dict[str, str] = field(default_factory=dict)  # named groups of its first match (the name a message quotes)
+    picked: Any = None  # explain --python: the readings.Pick of an issue with readings
+    matrix: Any = field(default=None, repr=False, compare=False)  # the Matrix it was matched against (readings fill their conditions from its API tables)
 
     @property
     def harmful(self) -> bool:
@@ -81,7 +84,21 @@ class Match:
             "source": list(i.source), "count": self.count, "first_line": self.first_line,
             "examples": list(self.examples), "frame": self.frame or None, "notes": list(self.notes),
             "doctor": list(i.doctor), "confirmation": self.confirmation or None,
+            "readings": [{"id": r.id, "when": r.when, "condition": self._condition(r), "cause": r.cause, "fix": r.fix,
+                          "source": list(r.source)} for r in i.readings],
+            "picked": self.picked.to_dict() if self.picked is not None else None,
         }
+
+    def _condition(self, r) -> str:
+        from moe_env.readings import shown_when
+
+        return shown_when(self.issue, r, self.groups, self.matrix) if self.matrix is not None else r.when
+
+    def reading(self):
+        """The picked reading (explain --python), or None."""
+        if self.picked is None or not self.picked.reading:
+            return None
+        return next((r for r in self.issue.readings if r.id == self.picked.reading), None)
 
     def finding(self) -> Finding:
         from moe_env.untrusted import printable
@@ -93,11 +110,24 @@ class Match:
         if self.frame:
             seen += f"\n  raised at {printable(self.frame)}"
         title = ("Benign: " if i.benign else "") + i.title
-        why = i.cause + "".join(f" {n}" for n in self.notes)
+        why, fix, sources = i.cause, i.fix, list(i.source)
+        picked = self.reading()
+        if picked is not None:  # --python picked one reading: its cause, fix and source
+            why, fix = picked.cause, picked.fix
+            sources = list(picked.source) + [s for s in sources if s not in picked.source]
+        elif i.readings:  # both readings, each with its condition and fix
+            from moe_env.readings import shown_when
+
+            why += "".join(f" Reading {r.id} ({shown_when(i, r, self.groups, self.matrix)}): {r.cause} Fix: {r.fix}"
+                           if self.matrix is not None else f" Reading {r.id} ({r.when}): {r.cause} Fix: {r.fix}"
+                           for r in i.readings)
+        why += "".join(f" {n}" for n in self.notes)
+        if self.picked is not None:
+            why += f" [{printable(self.picked.why)}]"
         if self.confirmation:
             why += f" [{self.confirmation}]"
         return Finding(id=self.key, severity="info" if i.benign else i.severity, title=title,
-                       seen=seen, why=why, fix=i.fix, sources=list(i.source))
+                       seen=seen, why=why, fix=fix, sources=sources)
 
 
 # ------------------------------------------------------------------ patterns
@@ -515,8 +545,11 @@ class Triage:
         key = (it.project, it.issue.id)
         m = self.matches.get(key)
         if m is None:
-            m = self.matches[key] = Match(it.project, it.issue, first_line=number, frame=frame, rank=rank)
+            m = self.matches[key] = Match(it.project, it.issue, first_line=number, frame=frame, rank=rank,
+                                          matrix=self.matrix)
         m.count += 1
+        if groups and not m.groups:
+            m.groups = {k: v[:200] for k, v in groups.items()}
         if len(m.examples) < MAX_EXAMPLES:
             m.examples.append(example[:300])
         if it.issue.decode and groups and len(m.notes) < 2:

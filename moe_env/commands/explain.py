@@ -10,7 +10,9 @@ Every line is matched against the [[known_issue]] patterns of the matrix: the ge
 libraries, NCCL, checkpoints, wheels) and the four projects'. A Python traceback is reported once,
 by its root exception and the frame that raised it. For each issue: the cause, the fix and the
 source. Messages known to be harmless are reported as benign. With --python, the doctor checks that
-predict an issue run on that environment and say whether they see its cause there.
+predict an issue run on that environment and say whether they see its cause there. A message that
+means "too old" in one release and "removed" in another is printed with both readings; with --python
+the installed release and the matrix's API tables pick one ("picked: removed - ...") or say why not.
 
 examples:
   moe-env explain train.log                     a whole log, streamed
@@ -100,8 +102,12 @@ def confirm(triage, python: str, matrix) -> str:
     """Probe `python`'s environment, run doctor's checks, and say per match whether its doctor ids were seen."""
     from moe_env.checks import detect_projects, run_checks, symbols_needed
     from moe_env.probe.runner import probe_environment
+    from moe_env.readings import pick, probe_symbols
 
-    env = probe_environment(python, symbols_needed(matrix))
+    wanted = set(symbols_needed(matrix))
+    for m in triage.matches.values():
+        wanted.update(probe_symbols(m.issue, m.groups, matrix))
+    env = probe_environment(python, sorted(wanted))
     for p, _ in detect_projects(env, matrix):
         triage.relevant.add(p.name)
     findings = run_checks(env, matrix)
@@ -110,6 +116,8 @@ def confirm(triage, python: str, matrix) -> str:
         by_id.setdefault(f.id, f)
         by_id.setdefault(f.id.split(".", 1)[-1] if f.id.count(".") > 1 else f.id, f)
     for m in triage.matches.values():
+        if m.issue.readings:  # a message with several readings: the installed release picks one, or says it cannot
+            m.picked = pick(m.issue, m.groups, env, matrix, python)
         if not m.issue.doctor:
             continue
         seen = [by_id[d] for d in m.issue.doctor if d in by_id]

@@ -230,6 +230,8 @@ def _typed(value: Any, hint: Any, rel: str, where: str) -> Any:
         if not isinstance(value, str):
             raise MatrixError(f"{rel}: {where}: must be a string (quote version numbers: \"12.1\")")
         return value
+    if dataclasses.is_dataclass(hint):  # a nested array of tables ([[known_issue.readings]])
+        return _entry(hint, value, rel, where)
     return value
 
 
@@ -282,6 +284,11 @@ def _validate_entry(obj: Any, rel: str, where: str) -> None:
         for d in obj.doctor:
             if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", d):
                 raise MatrixError(f"{rel}: {where}.doctor: {d!r} is not a doctor finding id")
+        from moe_env.readings import validate as validate_readings
+
+        bad = validate_readings(obj)
+        if bad is not None:
+            raise MatrixError(f"{rel}: {where}.{bad[0]}: {bad[1]}")
     if isinstance(obj, m.Stack):
         for pkg, ver in obj.pins.items():
             try:
@@ -297,6 +304,12 @@ def _cross_check(matrix: m.Matrix) -> None:
         if issue.id in generic_ids:
             raise MatrixError(f"generic known_issue id {issue.id!r} is defined twice (class {generic_ids[issue.id]} and {issue.failure_class})")
         generic_ids[issue.id] = issue.failure_class
+    for issue in matrix.known_issues + [i for p in matrix.projects.values() for i in p.known_issues]:
+        if issue.symbol:
+            rows = matrix.api.get(_norm(issue.symbol.split(".", 1)[0]), [])
+            if not any(e.symbol == issue.symbol and e.param == issue.param for e in rows):
+                shown = f"{issue.symbol} param {issue.param!r}" if issue.param else issue.symbol
+                raise MatrixError(f"known_issue {issue.id!r}: symbol: no [[api]] row for {shown} in packages/")
     for p in matrix.projects.values():
         ids = {v.id for v in p.variants}
         rel = p.file

@@ -276,6 +276,24 @@ class Rule:
 
 
 @dataclass
+class Reading:
+    """`[[known_issue.readings]]`: one meaning of a message that means different things in different
+    releases ("too old" in one era, "removed" in another), tied to a version condition on a package.
+
+    `when` is a requirement (`transformers>=4.38`); in a generic name/keyword issue it may say
+    `{package}`, `{first}` and `{last}`, filled from the API-table row of the name the message quotes
+    (`{package}>{last}`: the name was removed before the installed release). `explain --python` picks
+    the reading whose condition the installed release meets, when the static evidence agrees.
+    """
+
+    id: str  # "too-new", "too-old", "removed"
+    when: str
+    cause: str
+    fix: str
+    source: List[str]
+
+
+@dataclass
 class KnownIssue:
     """`[[known_issue]]`: a symptom (log/error text patterns), its cause, fix and source."""
 
@@ -292,6 +310,9 @@ class KnownIssue:
     failure_class: str = ""  # generic issues: the class they belong to (the file's `class`)
     decode: str = ""  # a decoder of a named group in the pattern ("cuda_api": 11040 -> CUDA 11.4)
     context: List[str] = field(default_factory=list)  # regexes one of which must appear in the same traceback or the lines just before
+    readings: List[Reading] = field(default_factory=list)  # the meanings of an ambiguous message (see Reading)
+    symbol: str = ""  # API-table symbol whose presence in an install tells the readings apart (else: named groups)
+    param: str = ""  # a parameter of `symbol`
 
 
 @dataclass
