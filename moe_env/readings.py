@@ -217,8 +217,8 @@ def pick(issue: KnownIssue, groups: Dict[str, str], env, matrix: Matrix, python:
     elif s is not None and s.symbol:
         facts.append(f"whether {s.shown} is in it cannot be read statically")
     if s is not None and s.direct and seen is not None and seen[0] and groups.get("attr") and seen[2] == "module":
-        return Pick("", "ruled out here: " + "; ".join(facts) + f": {s.shown} is a submodule, which importing its "
-                    f"parent does not load; import {s.symbol} explicitly")
+        return Pick("", "ruled out here: " + "; ".join(facts) + f": {s.shown} is a submodule there, an attribute of its "
+                    f"parent only once something imports it (import {s.symbol} explicitly)")
     if s is not None and s.direct and seen is not None and seen[0]:
         return Pick("", "ruled out here: " + "; ".join(facts) + ": the failing process ran another environment "
                     f"(or another copy of {package} shadows this one)")
