@@ -25,6 +25,7 @@ PLACEHOLDERS = ("package", "first", "last")
 _PH = re.compile(r"\{([^{}]*)\}")
 NAME_GROUPS = ("module", "name")  # cannot import name '{name}' from '{module}'
 ATTR_GROUPS = ("module", "attr")  # module '{module}' has no attribute '{attr}'
+_DOTTED = re.compile(r"[A-Za-z_]\w{0,100}(?:\.[A-Za-z_]\w{0,100}){0,12}")
 KWARG_GROUPS = ("param",)  # {func}() got an unexpected keyword argument '{param}'
 
 
@@ -118,6 +119,8 @@ def subject(issue: KnownIssue, groups: Dict[str, str], matrix: Matrix) -> Option
                        "" if rows else f"no API-table row for {issue.symbol}")
     if (groups.get("name") or groups.get("attr")) and groups.get("module"):
         module, name = groups["module"].rstrip("."), groups.get("name") or groups["attr"]
+        if not _DOTTED.fullmatch(module) or not _DOTTED.fullmatch(name):
+            return None  # log text: only a plain dotted name is looked up
         package = module.split(".", 1)[0]
         symbol = f"{module}.{name}"
         rows = [e for e in _rows(matrix, package) if not e.param and e.symbol == symbol]
@@ -132,6 +135,8 @@ def subject(issue: KnownIssue, groups: Dict[str, str], matrix: Matrix) -> Option
                        "" if row else f"the matrix's API tables have no row for {symbol}")
     if groups.get("param"):
         param, func = groups["param"], groups.get("func", "")
+        if not _DOTTED.fullmatch(param) or (func and not _DOTTED.fullmatch(func)):
+            return None
         rows = [e for entries in matrix.api.values() for e in entries if e.param == param]
         direct = [e for e in rows if func and "." in func and (e.symbol == func or e.symbol.endswith("." + func))]
         named = [e for e in rows if func and func.endswith(".".join(e.symbol.split(".")[-2:]))]

@@ -233,3 +233,16 @@ def test_a_lone_reading_is_a_load_error(tmp_path):
     path.write_text(text[:start] + text[end:])
     with pytest.raises(MatrixError, match=r"readings: an ambiguous message has two or more readings"):
         load_matrix(matrix)
+
+
+def test_picks_too_old_for_a_keyword_a_deepspeed_class_gained_later(tmp_path, venv_factory):
+    """MoE.__init__(top2_2nd_expert_sampling=) exists from deepspeed 0.14.0; 0.13.5's MoE does not take it."""
+    from fakes import deepspeed_files
+
+    venv = venv_factory()
+    venv.add_dist("deepspeed", "0.13.5", files=deepspeed_files("0.13.5", z3_leaf=True))
+    text = "[rank0]: TypeError: MoE.__init__() got an unexpected keyword argument 'top2_2nd_expert_sampling'\n"
+    picked = _explain(tmp_path, text, venv)["api-kwarg-not-in-release"]["picked"]
+    assert picked["reading"] == "too-old", picked
+    assert "deepspeed 0.13.5 is installed" in picked["why"] and "first in 0.14.0" in picked["why"]
+    assert "absent from it (deepspeed/moe/layer.py" in picked["why"]
