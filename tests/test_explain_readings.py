@@ -115,7 +115,8 @@ def test_picks_removed_for_a_keyword_a_deepspeed_function_lost(tmp_path, venv_fa
     assert "deepspeed 0.16.0 is installed" in picked["why"] and "last in 0.15.2" in picked["why"]
 
 
-@pytest.mark.parametrize("case", ["name-present", "no-table-row", "not-installed", "submodule"])
+@pytest.mark.parametrize("case", ["name-present", "no-table-row", "not-installed", "submodule", "source-disagrees",
+                                  "past-the-table"])
 def test_says_when_the_evidence_cannot_decide(tmp_path, venv_factory, case):
     venv = venv_factory()
     if case == "name-present":  # the installed release has the name: this environment is not the one that failed
@@ -132,6 +133,16 @@ def test_says_when_the_evidence_cannot_decide(tmp_path, venv_factory, case):
         text, issue = "ImportError: cannot import name 'shard_checkpoint' from 'transformers.modeling_utils'\n", \
             "hf-removed-shard-checkpoint"
         expect = "transformers is not installed"
+    elif case == "source-disagrees":  # 4.47 says cache_position is there; this install's forward() lacks it
+        _transformers(venv, "4.47.0", cache_position=False)
+        text, issue = "TypeError: LlavaLlamaForCausalLM.forward() got an unexpected keyword argument 'cache_position'\n", \
+            "hf-unexpected-kwarg-cache-position"
+        expect = "the installed source disagrees with the table"
+    elif case == "past-the-table":  # absent from a release newer than any the table read: removed when? unknown
+        _transformers(venv, "4.99.0")
+        text, issue = "ImportError: cannot import name 'MixtralSparseMoeBlock' from " \
+            "'transformers.models.mixtral.modeling_mixtral'\n", "hf-name-not-in-release"
+        expect = "4.99.0 is newer than the table read"
     else:
         _deepspeed(venv, "0.16.0", output_file=False)
         text, issue = "AttributeError: module 'deepspeed.utils' has no attribute 'zero_to_fp32'\n", \
