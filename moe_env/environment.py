@@ -2,21 +2,21 @@
 
 Everything downstream (checks, resolver, diff, `--from-json`) reads an Environment and never
 probes by itself; that is what makes a saved report, a Docker build and a test fixture the same.
-The JSON form is `dataclasses.asdict`; `from_dict` is its inverse and tolerates missing keys
+The JSON form is `record.asdict`; `from_dict` is its inverse and tolerates missing keys
 (older reports) but not a wrong schema, which the report reader checks first.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
+
+from moe_env.record import Record, asdict, field, fields, hints, is_record, record
 
 REPORT_SCHEMA = "moe-env.doctor/1"
 
 
-@dataclass
-class PythonInfo:
+@record
+class PythonInfo(Record):
     version: str  # "3.11.7"
     implementation: str  # "cpython"
     executable: str
@@ -27,8 +27,8 @@ class PythonInfo:
     sys_path: List[str] = field(default_factory=list)
 
 
-@dataclass
-class Distribution:
+@record
+class Distribution(Record):
     name: str  # PEP 503 normalised
     version: str  # as the METADATA says, unparsed (may be invalid)
     requires: List[str] = field(default_factory=list)  # Requires-Dist lines, unparsed
@@ -37,8 +37,8 @@ class Distribution:
     metadata_error: Optional[str] = None  # set when METADATA was missing or unreadable
 
 
-@dataclass
-class TorchBuild:
+@record
+class TorchBuild(Record):
     """From torch/version.py and torch/__config__-free files; never from importing torch."""
 
     version: str  # "2.1.2+cu121"
@@ -56,8 +56,8 @@ class TorchBuild:
     nccl_source: Optional[str] = None  # "distribution nvidia-nccl-cu12" or "torch/lib/libnccl.so.2.18.3"
 
 
-@dataclass
-class DeepSpeedBuild:
+@record
+class DeepSpeedBuild(Record):
     """From deepspeed/git_version_info_installed.py (written by its setup.py at install time)."""
 
     version: str
@@ -73,8 +73,8 @@ class DeepSpeedBuild:
     built_hip: Optional[str] = None  # torch_info["hip_version"]
 
 
-@dataclass
-class Extension:
+@record
+class Extension(Record):
     """A package with compiled parts: flash-attn, transformer-engine, apex, grouped_gemm, bitsandbytes..."""
 
     key: str  # our name for it: "flash-attn", "grouped_gemm", ...
@@ -87,8 +87,8 @@ class Extension:
     origin: Optional[str] = None  # direct_url.json URL (git installs) or Home-page: tells same-named forks apart
 
 
-@dataclass
-class ApiSymbol:
+@record
+class ApiSymbol(Record):
     """Whether a dotted symbol exists in installed source, read with ast, executing nothing."""
 
     symbol: str  # "deepspeed.utils.set_z3_leaf_modules", "deepspeed.moe.layer.MoE.__init__"
@@ -104,8 +104,8 @@ class ApiSymbol:
     undecided: Optional[str] = None  # not found, but the source may still make it at run time (lazy __getattr__...)
 
 
-@dataclass
-class LinkedFile:
+@record
+class LinkedFile(Record):
     """A compiled file that links torch, as the dynamic linker would load it (read from ELF, never loaded)."""
 
     file: str  # as RECORD lists it, relative to the distribution's location
@@ -123,8 +123,8 @@ class LinkedFile:
     versions_needed: Dict[str, List[str]] = field(default_factory=dict)  # "libstdc++.so.6" -> ["GLIBCXX_3.4.30", ...]
 
 
-@dataclass
-class CompiledDistribution:
+@record
+class CompiledDistribution(Record):
     """An installed distribution shipping shared objects that link torch, and what it records of its build."""
 
     distribution: str
@@ -135,8 +135,8 @@ class CompiledDistribution:
     files: List[LinkedFile] = field(default_factory=list)
 
 
-@dataclass
-class PartialInstall:
+@record
+class PartialInstall(Record):
     """A distribution whose RECORD lists compiled files that are not on disk."""
 
     distribution: str
@@ -147,14 +147,14 @@ class PartialInstall:
     record: str = ""
 
 
-@dataclass
-class VersionNeeds:
+@record
+class VersionNeeds(Record):
     file: str  # a library torch loads
     needs: Dict[str, List[str]] = field(default_factory=dict)  # "libstdc++.so.6" -> ["GLIBCXX_3.4.22", ...], checked in order
 
 
-@dataclass
-class Linkage:
+@record
+class Linkage(Record):
     """The probe's reading of the env's compiled files and the C/C++ runtime libraries the process will load."""
 
     torch_lib: Optional[str] = None
@@ -169,16 +169,16 @@ class Linkage:
     files_read: int = 0
 
 
-@dataclass
-class GPU:
+@record
+class GPU(Record):
     index: int
     name: str
     compute_capability: Optional[str] = None  # "9.0"
     memory_mib: Optional[int] = None
 
 
-@dataclass
-class HostInfo:
+@record
+class HostInfo(Record):
     driver_version: Optional[str] = None  # "550.54.15"
     driver_source: Optional[str] = None  # "/sys/module/nvidia/version", "nvidia-smi", "MOE_ENV_CUDA_DRIVER_VERSION"
     driver_cuda: Optional[str] = None  # the newest CUDA the driver supports, when nvidia-smi says
@@ -199,8 +199,8 @@ class HostInfo:
     container: Optional[str] = None  # the marker that says this runs in a container ("/.dockerenv", ...)
 
 
-@dataclass
-class Environment:
+@record
+class Environment(Record):
     python: PythonInfo
     distributions: Dict[str, Distribution] = field(default_factory=dict)  # by normalised name
     torch: Optional[TorchBuild] = None
@@ -221,7 +221,7 @@ class Environment:
         return d.version if d else None
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Environment":
@@ -245,7 +245,7 @@ def _build(cls, data: Any, where: str):
 
         _HINTS[cls] = typing.get_type_hints(cls)
     hints = _HINTS[cls]
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in fields(cls)}
     return cls(**{k: _typed(v, hints[k], f"{where}.{k}") for k, v in data.items() if k in names})
 
 
@@ -260,7 +260,7 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
         return _typed(value, inner[0], where)
     if hint is Any:
         return value
-    if dataclasses.is_dataclass(hint):
+    if is_record(hint):
         return _build(hint, value, where)
     if origin is list:
         if not isinstance(value, list):

@@ -5,14 +5,15 @@ doctor, check-config and explain all produce Findings, so they render and exit t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, List, Optional
+
+from moe_env.record import Record, asdict, field, fields, record
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 
-@dataclass
-class Finding:
+@record
+class Finding(Record):
     id: str  # stable, dotted: "torch.driver-too-old", "minigemini.deepspeed-z3-leaf"
     severity: str  # "error" | "warning" | "info"
     title: str
@@ -39,7 +40,7 @@ class Finding:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Finding":
-        names = set(cls.__dataclass_fields__)
+        names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
 

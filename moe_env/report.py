@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from moe_env import __version__
@@ -28,11 +27,12 @@ from moe_env.environment import REPORT_SCHEMA, Environment
 from moe_env.environment import _build as typed_build
 from moe_env.errors import UsageError
 from moe_env.findings import Finding, exit_code, summarize
+from moe_env.record import Record, field, record
 from moe_env.untrusted import UntrustedInput, json_loads, printable, read_bytes
 
 
-@dataclass
-class Report:
+@record
+class Report(Record):
     environment: Environment
     findings: List[Finding] = field(default_factory=list)
     project: Optional[str] = None

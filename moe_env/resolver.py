@@ -416,9 +416,9 @@ def resolve_stack(matrix: Matrix, project: str, stack_id: str) -> Resolution:
         raise UsageError(f"{proj.name}: unknown stack {stack_id!r} (stacks: {', '.join(s.id for s in proj.stacks)})")
     only = Project(info=proj.info, pins=proj.pins, variants=proj.variants, checks=proj.checks, stacks=[stack],
                    rules=proj.rules, known_issues=proj.known_issues, file=proj.file)
-    import dataclasses
+    from moe_env import record
 
-    sub = dataclasses.replace(matrix, projects={proj.name: only})
+    sub = record.replace(matrix, projects={proj.name: only})
     variant = stack.variants[0] if stack.variants else None
     r = resolve(sub, proj.name, variant=variant)  # the only stack, on its own CUDA and Python
     r.project = proj

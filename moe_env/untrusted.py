@@ -16,8 +16,10 @@ import re
 import stat
 import sys
 from itertools import accumulate
-from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 MiB = 1024 * 1024
 JSON_MAX_BYTES = 64 * MiB
@@ -230,6 +232,8 @@ def inside(root: Union[str, Path], rel: str) -> Optional[Path]:
             return None
     except (OSError, ValueError):
         return None
+    from pathlib import Path  # lazily: doctor's path does not need pathlib (~3 ms)
+
     return Path(target)
 
 

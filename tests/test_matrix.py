@@ -3,7 +3,6 @@ the `matrix` CLI reports it, and the deepspeed API table matches real releases (
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from moe_env.errors import MatrixError
 from moe_env.matrix import consistency, scan
 from moe_env.matrix.loader import SOURCE_RE, load_matrix
 from moe_env.paths import matrix_root
+from moe_env import record
 
 SHIPPED = load_matrix()
 
@@ -30,7 +30,7 @@ def _entries(matrix):
     """Every sourced entry of the matrix, with a label naming it."""
     flat = ["torch_releases", "torch_archs", "cuda_drivers", "cuda_minor_compat", "gpus", "arch_toolkits",
             "flash_attn_wheels", "conflicts"]
-    for attr in flat + [f.name for f in dataclasses.fields(matrix) if f.name.endswith("images")]:
+    for attr in flat + [f.name for f in record.fields(matrix) if f.name.endswith("images")]:
         for i, e in enumerate(getattr(matrix, attr, [])):
             yield f"{attr}[{i}]", e
     for attr in ("releases", "api"):

@@ -9,12 +9,12 @@ file system, the network or the target interpreter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 from moe_env.environment import Environment
 from moe_env.findings import Finding
 from moe_env.matrix.model import Check, Matrix, Project, Variant
+from moe_env.record import Record, field, record
 
 KindFn = Callable[["Context", Check], List[Finding]]
 GenericFn = Callable[["Context"], List[Finding]]
@@ -47,8 +47,8 @@ def generic(name: str) -> Callable[[GenericFn], GenericFn]:
     return deco
 
 
-@dataclass
-class Context:
+@record
+class Context(Record):
     """What a check may read: the probed environment, the matrix, and the project/variants judged."""
 
     env: Environment

@@ -10,14 +10,14 @@ always packaging's: the fast path only accepts what it reads exactly as PEP 508 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Dict, Optional
 
 from moe_env.environment import normalize_name
+from moe_env.record import Record, record
 
 
-@dataclass
-class Req:
+@record
+class Req(Record):
     name: str  # as written
     specifier: str  # "" or ">=1.0,<2"
     marker: Optional[str]  # the text after ';', None when absent

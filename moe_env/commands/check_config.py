@@ -246,11 +246,11 @@ def _printable(text) -> str:
 def _escaped(f):
     """A finding whose text is safe to print: launch words, DeepSpeed values and names read from a
     checkpoint can carry terminal escapes (untrusted.printable)."""
-    import dataclasses
+    from moe_env import record
 
     from moe_env.untrusted import printable
 
-    return dataclasses.replace(f, title=printable(f.title), seen=printable(f.seen), why=printable(f.why),
+    return record.replace(f, title=printable(f.title), seen=printable(f.seen), why=printable(f.why),
                                fix=printable(f.fix))
 
 

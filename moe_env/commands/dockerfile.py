@@ -194,7 +194,7 @@ def _shown_argv(argv):
 
 def _resolve(matrix, args):
     """A Resolution for the flags; --stack restricts the resolver to that one stack."""
-    import dataclasses
+    from moe_env import record
 
     from moe_env.errors import UsageError
     from moe_env.resolver import resolve
@@ -211,8 +211,8 @@ def _resolve(matrix, args):
             raise UsageError(f"project {project.name} has no stack {args.stack!r} (stacks: {known})")
         if variant is None and stack.variants and not set(stack.variants) & {v.id for v in project.moe_variants()}:
             variant = stack.variants[0]  # a dense-only stack: judge its first variant
-        only = dataclasses.replace(project, stacks=[stack])
-        matrix = dataclasses.replace(matrix, projects={**matrix.projects, project.name: only})
+        only = record.replace(project, stacks=[stack])
+        matrix = record.replace(matrix, projects={**matrix.projects, project.name: only})
     return resolve(matrix, project.name, variant=variant, cuda=args.cuda, python=args.python,
                    gpu_archs=_archs_or_none(args.gpu_arch))
 

@@ -133,7 +133,7 @@ def run_list(args) -> int:
 
 
 def run_show(args) -> int:
-    import dataclasses
+    from moe_env import record
 
     matrix = _load(args)
     project = matrix.project(args.project)
@@ -141,7 +141,7 @@ def run_show(args) -> int:
         known = ", ".join(sorted(matrix.projects)) or "none"
         raise UsageError(f"no project {args.project!r} in the matrix (known: {known})")
     if args.json:
-        data = dataclasses.asdict(project)
+        data = record.asdict(project)
         data["name"] = project.name
         _emit(data)
         return 0

@@ -12,46 +12,65 @@ its key matches. Any problem falls back to the real loader; the cache can never 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import stat
 import typing
 import zlib
-from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
 from moe_env import __version__
 from moe_env.matrix import model
-from moe_env.paths import matrix_root
+from moe_env.paths import matrix_dir
+from moe_env.record import asdict, hints, is_record
 
-FORMAT = "moe-env.matrix-cache/2"
+if TYPE_CHECKING:
+    from pathlib import Path
+
+FORMAT = "moe-env.matrix-cache/3"
 MAX_CACHE_BYTES = 32 * 1024 * 1024
 
 
-def cache_dir() -> Optional[Path]:
+def cache_dir() -> Optional[str]:
     """$MOE_ENV_CACHE_DIR, else $XDG_CACHE_HOME/moe-env, else ~/.cache/moe-env; None when no absolute one exists."""
     explicit = os.environ.get("MOE_ENV_CACHE_DIR")
     if explicit:
-        return Path(explicit) if os.path.isabs(explicit) else None
+        return explicit if os.path.isabs(explicit) else None
     xdg = os.environ.get("XDG_CACHE_HOME") or ""
     base = xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "moe-env" if os.path.isabs(base) else None
+    return os.path.join(base, "moe-env") if os.path.isabs(base) else None
 
 
-def _key(root: Path) -> str:
+def _key(root: Union[str, Path]) -> str:
     """CRC-32 and Adler-32 of everything that shapes the result (zlib: no OpenSSL start-up on this path)."""
-    parts = [f"{FORMAT}\0{__version__}\0{root.resolve()}".encode()]
-    model_py = Path(model.__file__)
-    for code in (model_py, model_py.with_name("loader.py")):
-        st = code.stat()
-        parts.append(f"\0{code.name}\0{st.st_mtime_ns}\0{st.st_size}".encode())
-    for path in sorted(p for p in root.rglob("*.toml") if p.is_file()):
+    top = os.path.realpath(root)
+    parts = [f"{FORMAT}\0{__version__}\0{top}".encode()]
+    model_py = model.__file__
+    for code in (model_py, os.path.join(os.path.dirname(model_py), "loader.py")):
+        st = os.stat(code)
+        parts.append(f"\0{os.path.basename(code)}\0{st.st_mtime_ns}\0{st.st_size}".encode())
+    for rel in _toml_files(top):
         # contents, not mtimes: two quick edits of the same size can share a coarse mtime
-        parts.append(f"\0{path.relative_to(root).as_posix()}\0".encode())
-        parts.append(path.read_bytes())
+        parts.append(f"\0{rel}\0".encode())
+        with open(os.path.join(top, rel), "rb") as fh:
+            parts.append(fh.read())
     blob = b"".join(parts)
     return f"{zlib.crc32(blob):08x}{zlib.adler32(blob):08x}{len(blob):x}"
+
+
+def _toml_files(top: str) -> list:
+    """Every regular *.toml below `top`, as sorted relative POSIX paths (os.scandir: a third of rglob's cost)."""
+    found, folders = [], [""]
+    while folders:
+        rel = folders.pop()
+        with os.scandir(os.path.join(top, rel) if rel else top) as entries:
+            for entry in entries:
+                name = f"{rel}/{entry.name}" if rel else entry.name
+                if entry.is_dir():
+                    folders.append(name)
+                elif entry.name.endswith(".toml") and entry.is_file():
+                    found.append(name)
+    return sorted(found)
 
 
 def _loader():
@@ -67,7 +86,7 @@ def _trusted(st: os.stat_result, want_dir: bool) -> bool:
     return kind_ok and st.st_uid == os.getuid() and not (st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
 
 
-def _read_cache(folder: Path, target: Path, key: str) -> Optional[model.Matrix]:
+def _read_cache(folder: str, target: str, key: str) -> Optional[model.Matrix]:
     try:
         if not _trusted(os.lstat(folder), want_dir=True):
             return None
@@ -82,30 +101,31 @@ def _read_cache(folder: Path, target: Path, key: str) -> Optional[model.Matrix]:
             data = json.loads(fh.read())
         if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("key") != key:
             return None
-        return _build(model.Matrix, data["matrix"])
+        return _build(model.Matrix, data["matrix"], data["plans"])
     except Exception:  # malformed, or written by another schema: rebuild
         return None
     finally:
         os.close(fd)
 
 
-def _write_cache(folder: Path, target: Path, key: str, matrix: model.Matrix) -> None:
+def _write_cache(folder: str, target: str, key: str, matrix: model.Matrix) -> None:
     tmp = None
     try:
-        if not folder.exists():
-            folder.mkdir(parents=True, mode=0o700)
+        if not os.path.exists(folder):
+            os.makedirs(folder, mode=0o700)
         if not _trusted(os.lstat(folder), want_dir=True):
             return
-        text = json.dumps({"format": FORMAT, "key": key, "matrix": dataclasses.asdict(matrix)}, separators=(",", ":"))
-        tmp = str(folder / f".matrix-{os.getpid()}-{os.urandom(4).hex()}.tmp")
+        text = json.dumps({"format": FORMAT, "key": key, "plans": _plans(), "matrix": asdict(matrix)},
+                          separators=(",", ":"))
+        tmp = os.path.join(folder, f".matrix-{os.getpid()}-{os.urandom(4).hex()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, target)
         tmp = None
-        for old in folder.glob("matrix-*"):
-            if old != target:
-                old.unlink()
+        for name in os.listdir(folder):
+            if name.startswith("matrix-") and os.path.join(folder, name) != target:
+                os.unlink(os.path.join(folder, name))
     except (OSError, TypeError, ValueError):
         pass  # a read-only or full home: work without the cache
     finally:
@@ -113,25 +133,27 @@ def _write_cache(folder: Path, target: Path, key: str, matrix: model.Matrix) -> 
             os.unlink(tmp)
 
 
-def load_matrix_cached(root: Optional[Path] = None) -> model.Matrix:
+def load_matrix_cached(root: Optional[Union[str, Path]] = None) -> model.Matrix:
     """load_matrix(), through the cache unless MOE_ENV_NO_CACHE is set."""
     if os.environ.get("MOE_ENV_NO_CACHE"):
         return _loader().load_matrix(root)
-    root_path = Path(root) if root else matrix_root()
+    root_dir = os.fspath(root) if root else matrix_dir()
     folder = cache_dir()
-    if not root_path.is_dir() or folder is None:
-        return _loader().load_matrix(root_path)  # its one-line error, or no usable cache location
+    if not os.path.isdir(root_dir) or folder is None:
+        return _loader().load_matrix(root_dir)  # its one-line error, or no usable cache location
     try:
-        key = _key(root_path)
+        key = _key(root_dir)
     except OSError:
-        return _loader().load_matrix(root_path)
-    target = folder / f"matrix-{key}.json"
+        return _loader().load_matrix(root_dir)
+    target = os.path.join(folder, f"matrix-{key}.json")
     cached = _read_cache(folder, target, key)
     if cached is not None:
         return cached
     # a fresh load (loader.load_matrix memoises per path within a process, which would hide the edit
     # that made the key change); raises MatrixError on a bad file, as without the cache
-    matrix = _loader()._load(root_path)
+    from pathlib import Path
+
+    matrix = _loader()._load(Path(root_dir))
     _write_cache(folder, target, key, matrix)
     return matrix
 
@@ -140,38 +162,91 @@ def load_matrix_cached(root: Optional[Path] = None) -> model.Matrix:
 #
 # Per class, once: which fields hold dataclasses (directly, in a list or in a dict) and need rebuilding;
 # every other field is plain JSON data already (str, int, bool, lists and tables of them) and is taken
-# as is. That keeps a cache hit at a few milliseconds for ~6,000 entries.
+# as is. That keeps a cache hit at a few milliseconds for ~6,000 entries. The plan is worked out from
+# the type hints when the cache is written and stored in it (evaluating them costs ~2 ms a run;
+# the key covers model.py, so a stored plan always matches the classes).
 
-_PLANS: Dict[type, Dict[str, Any]] = {}
+_Spec = Any  # None (plain data), ["dc", class name], ["opt" | "list" | "dict", _Spec]
 
 
-def _converter(hint: Any):
-    """None when values of this type are plain data, else a function rebuilding them."""
-    if dataclasses.is_dataclass(hint):
-        return lambda value: _build(hint, value)
+def _spec(hint: Any) -> _Spec:
+    if is_record(hint):
+        return ["dc", hint.__name__]
     origin = typing.get_origin(hint)
     if origin is typing.Union:
         inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        conv = _converter(inner[0]) if inner else None
-        return None if conv is None else (lambda value: None if value is None else conv(value))
-    if origin is list:
-        conv = _converter(typing.get_args(hint)[0])
-        return None if conv is None else (lambda value: [conv(v) for v in value])
-    if origin is dict:
-        conv = _converter(typing.get_args(hint)[1])
-        return None if conv is None else (lambda value: {k: conv(v) for k, v in value.items()})
+        sub = _spec(inner[0]) if inner else None
+        return None if sub is None else ["opt", sub]
+    if origin in (list, dict):
+        sub = _spec(typing.get_args(hint)[0 if origin is list else 1])
+        return None if sub is None else ["list" if origin is list else "dict", sub]
     return None
 
 
-def _build(cls: type, data: Any) -> Any:
-    if not isinstance(data, dict):
-        raise ValueError(f"{cls.__name__}: not an object")
-    plan = _PLANS.get(cls)
-    if plan is None:
-        plan = _PLANS[cls] = {name: _converter(hint) for name, hint in typing.get_type_hints(cls).items()}
-    kwargs = {}
-    for name, value in data.items():
-        if name in plan:
-            conv = plan[name]
-            kwargs[name] = value if conv is None or value is None else conv(value)
-    return cls(**kwargs)
+def _plans() -> Dict[str, Dict[str, _Spec]]:
+    """{class name: {field: spec}} for Matrix and every dataclass reachable from it."""
+    out: Dict[str, Dict[str, _Spec]] = {}
+    todo = [model.Matrix]
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ in out:
+            continue
+        out[cls.__name__] = {name: _spec(hint) for name, hint in hints(cls).items()}
+        for spec in out[cls.__name__].values():
+            while isinstance(spec, list):
+                if spec[0] == "dc":
+                    todo.append(getattr(model, spec[1]))
+                    break
+                spec = spec[1]
+    return out
+
+
+class _Builder:
+    """Rebuilds the typed tree from JSON by the stored plans; only model's own dataclasses are made."""
+
+    def __init__(self, plans: Any):
+        if not isinstance(plans, dict):
+            raise ValueError("no plans")
+        self.plans = plans
+        self.made: Dict[str, Dict[str, Any]] = {}
+
+    def _class(self, name: Any) -> type:
+        cls = getattr(model, name, None) if isinstance(name, str) else None
+        if not (isinstance(cls, type) and is_record(cls) and cls.__module__ == model.__name__):
+            raise ValueError(f"not a matrix class: {name!r}")
+        return cls
+
+    def _converter(self, spec: _Spec):
+        if spec is None:
+            return None
+        kind, sub = spec
+        if kind == "dc":
+            cls = self._class(sub)
+            return lambda value: self.build(cls, value)
+        conv = self._converter(sub)
+        if kind == "opt":
+            return lambda value: None if value is None else conv(value)
+        if kind == "list":
+            return lambda value: [conv(v) for v in value]
+        if kind == "dict":
+            return lambda value: {k: conv(v) for k, v in value.items()}
+        raise ValueError(f"bad plan {spec!r}")
+
+    def build(self, cls: type, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError(f"{cls.__name__}: not an object")
+        plan = self.made.get(cls.__name__)
+        if plan is None:
+            plan = self.made[cls.__name__] = {name: self._converter(spec)
+                                              for name, spec in self.plans[cls.__name__].items()}
+        kwargs = {}
+        for name, value in data.items():
+            if name in plan:
+                conv = plan[name]
+                kwargs[name] = value if conv is None or value is None else conv(value)
+        return cls(**kwargs)
+
+
+def _build(cls: type, data: Any, plans: Any = None) -> Any:
+    """The typed object of `cls` from its JSON (plans: as stored in the cache; worked out when None)."""
+    return _Builder(_plans() if plans is None else plans).build(cls, data)

@@ -8,7 +8,6 @@ check or rule kind is registered is checked by `moe-env matrix validate`, which 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 import sys
@@ -19,6 +18,9 @@ from typing import Any, Dict, List, Optional, Tuple
 from moe_env.errors import MatrixError
 from moe_env.matrix import model as m
 from moe_env.paths import matrix_root
+from moe_env.record import MISSING
+from moe_env.record import fields as record_fields
+from moe_env.record import hints as record_hints
 from moe_env.untrusted import UntrustedInput, read_text, toml_loads
 
 if sys.version_info >= (3, 11):
@@ -176,13 +178,13 @@ def _entry(cls: type, item: Any, rel: str, where: str) -> Any:
     if not isinstance(item, dict):
         raise MatrixError(f"{rel}: {where}: must be a table")
     hints = _type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in record_fields(cls)}
     unknown = sorted(set(item) - set(fields))
     if unknown:
         raise MatrixError(f"{rel}: {where}.{unknown[0]}: unknown key for {cls.__name__} (known: {', '.join(fields)})")
     values: Dict[str, Any] = {}
     for name, f in fields.items():
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+        required = f.default is MISSING and f.default_factory is MISSING
         if name not in item:
             if required:
                 raise MatrixError(f"{rel}: {where}.{name}: missing (required for {cls.__name__})")
@@ -198,8 +200,8 @@ def _entry(cls: type, item: Any, rel: str, where: str) -> Any:
 
 @functools.lru_cache(maxsize=None)
 def _type_hints(cls: type) -> Dict[str, Any]:
-    """typing.get_type_hints once per class: it evaluates every annotation string, per call."""
-    return typing.get_type_hints(cls)
+    """The evaluated annotations, once per class."""
+    return record_hints(cls)
 
 
 def _typed(value: Any, hint: Any, rel: str, where: str) -> Any:

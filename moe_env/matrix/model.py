@@ -7,14 +7,15 @@ Fields with defaults are optional. Unknown keys are errors (they are usually typ
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
+
+from moe_env.record import Record, field, record
 
 # ---------------------------------------------------------------- platform facts (platform/*.toml)
 
 
-@dataclass
-class TorchRelease:
+@record
+class TorchRelease(Record):
     """`[[torch]]` in platform/torch.toml: one torch minor release."""
 
     minor: str  # "2.1"
@@ -31,8 +32,8 @@ class TorchRelease:
     setuptools: str = ""
 
 
-@dataclass
-class TorchArch:
+@record
+class TorchArch(Record):
     """`[[torch_arch]]` in platform/torch.toml: GPU architectures compiled into official wheels."""
 
     torch: str  # specifier on the torch version: ">=2.1,<2.9"
@@ -43,8 +44,8 @@ class TorchArch:
     notes: str = ""
 
 
-@dataclass
-class CudaDriver:
+@record
+class CudaDriver(Record):
     """`[[cuda_driver]]` in platform/cuda.toml: minimum Linux x86_64 driver for a toolkit (GA)."""
 
     cuda: str  # "12.1"
@@ -52,8 +53,8 @@ class CudaDriver:
     source: List[str]
 
 
-@dataclass
-class CudaMinorCompat:
+@record
+class CudaMinorCompat(Record):
     """`[[cuda_minor_compat]]`: minor-version compatibility floor per CUDA major."""
 
     cuda_major: int
@@ -62,8 +63,8 @@ class CudaMinorCompat:
     notes: str = ""
 
 
-@dataclass
-class GpuFamily:
+@record
+class GpuFamily(Record):
     """`[[gpu]]` in platform/cuda.toml: a GPU name pattern and its compute capability."""
 
     match: List[str]  # case-insensitive substrings of the name nvidia-smi prints: ["H100"]
@@ -73,8 +74,8 @@ class GpuFamily:
     memory_gib: List[int] = field(default_factory=list)  # known memory sizes, informational
 
 
-@dataclass
-class ArchToolkit:
+@record
+class ArchToolkit(Record):
     """`[[arch_toolkit]]`: which CUDA toolkits can target a compute capability."""
 
     compute_capability: str  # "9.0"
@@ -83,8 +84,8 @@ class ArchToolkit:
     removed_in: str = ""  # first toolkit that no longer targets it: "13.0"; "" when still supported
 
 
-@dataclass
-class CudaImage:
+@record
+class CudaImage(Record):
     """`[[cuda_image]]` in platform/cuda_images.toml: the nvidia/cuda image tags of one CUDA minor.
 
     Tags are `<version>-<cudnn>-devel-<os>` and `<version>-<cudnn>-runtime-<os>`; `moe-env dockerfile`
@@ -103,8 +104,8 @@ class CudaImage:
         return f"{self.version}-{self.cudnn}-{flavor}-{os_name or self.os[0]}"
 
 
-@dataclass
-class FleetFact:
+@record
+class FleetFact(Record):
     """`[[fleet_fact]]` in fleet.toml: how much a difference of one fact across nodes matters (`moe-env diff`)."""
 
     fact: str  # "torch.build", "package deepspeed", "package nvidia-nccl-cu*"
@@ -114,8 +115,8 @@ class FleetFact:
     source: List[str]
 
 
-@dataclass
-class LauncherArg:
+@record
+class LauncherArg(Record):
     """`[[launcher_arg]]` in launchers.toml: an argument a launcher adds to the script's command line."""
 
     launcher: str  # program name: "deepspeed"
@@ -129,8 +130,8 @@ class LauncherArg:
 # ---------------------------------------------------------------- package facts (packages/*.toml)
 
 
-@dataclass
-class PackageRelease:
+@record
+class PackageRelease(Record):
     """`[[release]]` in packages/<package>.toml."""
 
     version: str
@@ -144,8 +145,8 @@ class PackageRelease:
     notes: str = ""
 
 
-@dataclass
-class ApiEntry:
+@record
+class ApiEntry(Record):
     """`[[api]]` in packages/<package>.toml: a symbol (or one parameter of it) and the releases that have it."""
 
     symbol: str  # "deepspeed.utils.set_z3_leaf_modules" or "deepspeed.moe.layer.MoE.__init__"
@@ -157,8 +158,8 @@ class ApiEntry:
     notes: str = ""
 
 
-@dataclass
-class FlashAttnWheels:
+@record
+class FlashAttnWheels(Record):
     """`[[wheels]]` in packages/flash-attn.toml: prebuilt wheels one flash-attn release publishes."""
 
     version: str
@@ -170,8 +171,8 @@ class FlashAttnWheels:
     notes: str = ""
 
 
-@dataclass
-class Conflict:
+@record
+class Conflict(Record):
     """`[[conflict]]` in generic.toml: a combination of installed versions that breaks, for any project."""
 
     id: str
@@ -186,8 +187,8 @@ class Conflict:
 # ---------------------------------------------------------------- projects (projects/<name>.toml)
 
 
-@dataclass
-class ProjectInfo:
+@record
+class ProjectInfo(Record):
     """`[project]` in projects/<name>.toml."""
 
     name: str  # "minigemini"
@@ -201,8 +202,8 @@ class ProjectInfo:
     notes: str = ""
 
 
-@dataclass
-class Pin:
+@record
+class Pin(Record):
     """`[[pin]]`: what upstream declares, at `ProjectInfo.commit`."""
 
     package: str
@@ -212,8 +213,8 @@ class Pin:
     notes: str = ""
 
 
-@dataclass
-class Variant:
+@record
+class Variant(Record):
     """`[[variant]]`: a model variant the project trains."""
 
     id: str  # "8x7b"
@@ -231,8 +232,8 @@ class Variant:
     notes: str = ""
 
 
-@dataclass
-class Check:
+@record
+class Check(Record):
     """`[[check]]`: a doctor rule for this project; `kind` names a registered check function."""
 
     id: str
@@ -246,8 +247,8 @@ class Check:
     params: Dict[str, Any] = field(default_factory=dict)  # kind-specific: {package, spec}, {symbol, param}...
 
 
-@dataclass
-class Stack:
+@record
+class Stack(Record):
     """`[[stack]]`: a known-good set of pins for some variants and one CUDA target."""
 
     id: str  # "mgm-8x7b-cu121"; also the lockfile folder name
@@ -263,8 +264,8 @@ class Stack:
     notes: str = ""
 
 
-@dataclass
-class Rule:
+@record
+class Rule(Record):
     """`[[rule]]`: a launch or DeepSpeed-config rule judged by `check-config`; `kind` names a function."""
 
     id: str
@@ -278,8 +279,8 @@ class Rule:
     params: Dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class KnownIssue:
+@record
+class KnownIssue(Record):
     """`[[known_issue]]`: a symptom (log/error text patterns), its cause, fix and source."""
 
     id: str
@@ -297,8 +298,8 @@ class KnownIssue:
     context: List[str] = field(default_factory=list)  # regexes one of which must appear in the same traceback or the lines just before
 
 
-@dataclass
-class EntryPoint:
+@record
+class EntryPoint(Record):
     """`[[entry_point]]` (compat_matrix/entry_points/*.toml): the flags a training entry point's own
     parser accepts, generated from upstream by moe_env/matrix/entry_flags.py."""
 
@@ -316,8 +317,8 @@ class EntryPoint:
     notes: str = ""
 
 
-@dataclass
-class Project:
+@record
+class Project(Record):
     info: ProjectInfo
     pins: List[Pin] = field(default_factory=list)
     variants: List[Variant] = field(default_factory=list)
@@ -348,8 +349,8 @@ class Project:
 # ---------------------------------------------------------------- the whole matrix
 
 
-@dataclass
-class Matrix:
+@record
+class Matrix(Record):
     root: str
     torch_releases: List[TorchRelease] = field(default_factory=list)
     torch_archs: List[TorchArch] = field(default_factory=list)

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from typing import List, Optional, Tuple
 
+from moe_env import spawn
 from moe_env.environment import GPU, HostInfo
 from moe_env.errors import UsageError
 
@@ -244,23 +244,23 @@ def _from_nvidia_smi(host: HostInfo, smi: str) -> None:
     for with_cc in (True, False):  # drivers before ~510 do not know the compute_cap field
         fields = "name,memory.total,compute_cap,driver_version" if with_cc else "name,memory.total,driver_version"
         try:
-            proc = subprocess.run([smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
-                                  capture_output=True, text=True, errors="replace", timeout=NVIDIA_SMI_TIMEOUT)
-        except subprocess.TimeoutExpired:
+            returncode, stdout, stderr = spawn.run([smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
+                                                   timeout=NVIDIA_SMI_TIMEOUT)
+        except spawn.SpawnTimeout:
             host.notes.append(f"nvidia-smi did not answer within {NVIDIA_SMI_TIMEOUT:g}s (driver hung?)")
             return
         except OSError as exc:
             host.notes.append(f"nvidia-smi could not run ({exc.strerror or exc})")
             return
-        if proc.returncode == 0:
-            gpus, driver = parse_nvidia_smi(proc.stdout, with_cc)
+        if returncode == 0:
+            gpus, driver = parse_nvidia_smi(stdout, with_cc)
             host.gpus, host.gpu_source = gpus, "nvidia-smi"
             if driver and not host.driver_version:
                 host.driver_version, host.driver_source = driver, "nvidia-smi"
             return
-        if with_cc and "compute_cap" in (proc.stdout + proc.stderr):
+        if with_cc and "compute_cap" in (stdout + stderr):
             continue
-        last = (proc.stdout.strip() or proc.stderr.strip() or f"exit {proc.returncode}").splitlines()[-1]
+        last = (stdout.strip() or stderr.strip() or f"exit {returncode}").splitlines()[-1]
         host.notes.append(f"nvidia-smi failed: {last}")
         return
 
@@ -409,14 +409,14 @@ def _nvcc(host: HostInfo, env, root: str = "/") -> None:
             host.nvcc_version = major_minor(version)
             return
     try:
-        proc = subprocess.run([nvcc, "--version"], capture_output=True, text=True, errors="replace", timeout=NVCC_TIMEOUT)
-    except subprocess.TimeoutExpired:
+        _, stdout, _ = spawn.run([nvcc, "--version"], timeout=NVCC_TIMEOUT)
+    except spawn.SpawnTimeout:
         host.notes.append(f"{nvcc} --version did not answer within {NVCC_TIMEOUT:g}s")
         return
     except OSError as exc:
         host.notes.append(f"{nvcc} could not run ({exc.strerror or exc})")
         return
-    m = _NVCC_RELEASE.search(proc.stdout)
+    m = _NVCC_RELEASE.search(stdout)
     if m:
         host.nvcc_version = m.group(1)
     else:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Iterable, List, Optional
+from typing import TYPE_CHECKING, Iterable, List, NamedTuple, Optional
 
 from moe_env.errors import MoeEnvError, UsageError
+from moe_env.spawn import Child, SpawnTimeout
 
 if TYPE_CHECKING:  # imported at run time only where used: doctor starts the probe before loading it
     from moe_env.environment import Environment
@@ -63,7 +63,8 @@ def _extra_paths() -> List[str]:
 
 def probe_command(python: str) -> List[str]:
     """The command line that runs target.py under `python` (it reads its request on stdin)."""
-    return [python, "-I", "-S", "-c", _BOOTSTRAP.format(path=str(TARGET)), "--stdin"]
+    return [python, "-I", "-S", "-c", _BOOTSTRAP.format(path=str(TARGET)), "--stdin",
+            "--extra-paths=" + json.dumps(_extra_paths())]
 
 
 class ProbeRun:
@@ -77,9 +78,7 @@ class ProbeRun:
         self.python = python
         self.started = time.perf_counter()
         try:
-            self.proc: Optional[subprocess.Popen] = subprocess.Popen(
-                probe_command(python), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True, errors="replace")
+            self.proc: Optional[Child] = Child(probe_command(python))
         except PermissionError:
             raise UsageError(f"--python {python}: permission denied; give an interpreter you may run") from None
         except OSError as exc:
@@ -93,22 +92,20 @@ class ProbeRun:
         proc = self.proc
         if proc is None:
             raise MoeEnvError("internal: the probe was already collected")
-        payload = {"symbols": list(symbols), "extra_paths": _extra_paths()}
+        payload = {"symbols": list(symbols)}  # the extra paths went on the command line (see probe_command)
         if code is not None:
             payload["code"] = code
         request = json.dumps(payload)
         try:
             stdout, stderr = proc.communicate(request, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        except SpawnTimeout:
+            self.proc = None
             raise UsageError(f"--python {self.python}: the probe did not finish within {timeout:g}s "
                              "(a hung file system or .pth file?); retry with a larger --timeout") from None
-        except BrokenPipeError:  # it exited before reading the request (not Python at all)
-            stdout, stderr = proc.communicate()
         finally:
             self.seconds = time.perf_counter() - self.started
         self.proc = None
-        result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        result = ProbeExit(proc.returncode or 0, stderr)
         data = _parse_output(stdout)
         if data is None:
             raise UsageError(f"--python {self.python}: {_failure(result)}")
@@ -116,13 +113,8 @@ class ProbeRun:
 
     def kill(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
         if proc is not None:
-            try:
-                proc.communicate(timeout=5)
-            except (subprocess.TimeoutExpired, OSError, ValueError):
-                pass
+            proc.kill()
 
 
 def run_target(python: str, symbols: Iterable[str], timeout: float, code: Optional[dict] = None) -> dict:
@@ -141,7 +133,12 @@ def _parse_output(stdout: str) -> Optional[dict]:
     return None
 
 
-def _failure(proc: subprocess.CompletedProcess) -> str:
+class ProbeExit(NamedTuple):
+    returncode: int
+    stderr: str
+
+
+def _failure(proc: ProbeExit) -> str:
     err = (proc.stderr or "").strip()
     last = err.splitlines()[-1].strip() if err else ""
     if "Unknown option: -I" in err or "unknown option -I" in err.lower():

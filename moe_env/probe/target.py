@@ -1610,6 +1610,12 @@ def _lookup_all(index, symbols, api, errors):
 
 
 def probe(symbols=(), extra_paths=(), code=None):
+    state = probe_static(extra_paths)
+    return probe_api(state, symbols, code)
+
+
+def probe_static(extra_paths=()):
+    """Everything that needs no request: run while the host side is still loading (see main)."""
     started = time.time()
     errors = []
     search_paths = []
@@ -1632,6 +1638,15 @@ def probe(symbols=(), extra_paths=(), code=None):
     except Exception as exc:  # as above: a bug or an odd file costs this section only
         errors.append("linkage: probe failed (%s: %s)" % (type(exc).__name__, exc))
         result["linkage"] = None
+    return {"extra_paths": list(extra_paths), "errors": errors, "dists": dists, "editable": editable,
+            "index": index, "result": result, "seconds": time.time() - started}
+
+
+def probe_api(state, symbols=(), code=None):
+    """The part that needs the request: the API symbols (and `--code`'s names) looked up."""
+    started = time.time()
+    errors, dists, editable, index, result = (state["errors"], state["dists"], state["editable"], state["index"],
+                                              state["result"])
     api = {}
     _lookup_all(index, symbols, api, errors)
     if code is not None:
@@ -1644,9 +1659,25 @@ def probe(symbols=(), extra_paths=(), code=None):
         _lookup_all(index, wanted, api, [])
     result["api"] = api
     result["probe_errors"] = errors
-    result["probe_seconds"] = round(time.time() - started, 4)
+    # the probe's own work, not the wait for the request
+    result["probe_seconds"] = round(state["seconds"] + time.time() - started, 4)
     result["probe_schema"] = PROBE_SCHEMA
     return result
+
+
+def _extra_paths_arg(argv):
+    """`--extra-paths=JSON` (the host's PYTHONPATH, which -I hides): known before the request is sent."""
+    for arg in list(argv):
+        if arg.startswith("--extra-paths="):
+            argv.remove(arg)
+            try:
+                value = json.loads(arg.split("=", 1)[1])
+            except ValueError:
+                value = None
+            if isinstance(value, list):
+                return [str(p) for p in value]
+            sys.stderr.write("moe-env probe: --extra-paths is not a JSON list\n")
+    return []
 
 
 def main(argv=None):
@@ -1655,21 +1686,28 @@ def main(argv=None):
                          % sys.version_info[:2])
         return 3
     argv = list(sys.argv[1:] if argv is None else argv)
-    symbols, extra = [], []
+    extra = _extra_paths_arg(argv)
+    symbols, code = [], None
     if "--stdin" in argv:
         argv.remove("--stdin")
+        # the slow part first: the host is still importing and loading the matrix, which the request needs
+        state = probe_static(extra)
         try:
             request = json.loads(sys.stdin.read() or "{}")
         except ValueError as exc:
             request = {}
             sys.stderr.write("moe-env probe: stdin is not JSON (%s)\n" % exc)
+        if not isinstance(request, dict):
+            request = {}
         symbols += [str(s) for s in request.get("symbols") or []]
-        extra += [str(p) for p in request.get("extra_paths") or []]
+        asked = [str(p) for p in request.get("extra_paths") or []]
+        if asked and asked != extra:  # a caller that names its paths only in the request: scan again with them
+            state = probe_static(asked)
         code = request.get("code") if isinstance(request.get("code"), dict) else None
     else:
-        code = None
+        state = probe_static(extra)
     symbols += argv
-    result = probe(symbols, extra, code)
+    result = probe_api(state, symbols, code)
     sys.stdout.write("\n" + MARKER + json.dumps(result, sort_keys=True) + "\n")
     sys.stdout.flush()
     return 0
