@@ -2,6 +2,7 @@
 offline, atomic no-clobber writes, and one-line errors."""
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -149,6 +150,10 @@ def test_pylock_format(setup, capsys, index):
     assert pkgs["torch"]["version"] == "2.1.2"
     wheel = pkgs["helperlib"]["wheels"][0]
     assert wheel["hashes"]["sha256"] in index.hashes_of("helperlib", "1.1")
+    # what pip (26.1+) and uv need to install it without an index option: a url and a sha256 per file
+    for pkg in doc["packages"]:
+        for art in pkg.get("wheels", []) + ([pkg["sdist"]] if "sdist" in pkg else []):
+            assert art["url"].startswith(index.base_url) and len(art["hashes"]["sha256"]) == 64, pkg["name"]
     assert out.startswith("# moe-env lockfile: toymoe")
 
 
@@ -167,6 +172,61 @@ def test_pylock_installs_with_uv_from_the_local_index(setup, capsys, index, venv
     code, outj, _ = run_cli(capsys, "doctor", "toy", "--from-lock", str(out), "--json")
     doc = json.loads(outj)
     assert doc["environment"]["torch"]["version"] == "2.1.2" and doc["environment"]["torch"]["cuda"] == "12.1"
+
+
+# pip reads `-r pylock.toml` from 26.1 on (experimental): release:pip==26.1:pip/_internal/cli/req_command.py
+# ("Using pylock.toml as a requirements source"); 26.0 ships pip/_internal/utils/pylock.py for `pip lock` only
+PIP_READS_PYLOCK = "26.1"
+TEST_CACHE = Path(os.environ.get("MOE_ENV_TEST_BASE_CACHE") or Path.home() / ".cache" / "moe-env-test")
+
+
+def _pip_wheel_that_reads_pylock() -> Path:
+    """pip==26.1's wheel, from the test cache; downloaded there once (the network marker is for that)."""
+    folder = TEST_CACHE / "pip"
+    wheel = folder / f"pip-{PIP_READS_PYLOCK}-py3-none-any.whl"
+    if not wheel.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
+                               "-d", str(folder), f"pip=={PIP_READS_PYLOCK}"], capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0 or not wheel.is_file():
+            pytest.skip(f"cannot download pip=={PIP_READS_PYLOCK}: {(proc.stderr or proc.stdout).strip()[-300:]}")
+    return wheel
+
+
+@pytest.mark.network
+def test_pylock_installs_with_pip_from_the_local_index(setup, capsys, index, tmp_path):
+    """The first pip release that reads pylock.toml installs our `--format pylock` output as written."""
+    wheel = _pip_wheel_that_reads_pylock()
+    out = setup / "pylock.toml"
+    code, _, err = run_cli(capsys, "lock", "toy", "--format", "pylock", "-o", str(out), *idx_args(index))
+    assert code == 0, err
+    venv = tmp_path / "pipvenv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = str(venv / "bin" / "python")
+    env = isolated_env(tmp_path)
+    # the venv's own pip upgraded to that release, from the cached wheel: no index is asked
+    proc = subprocess.run([py, "-m", "pip", "install", "--quiet", "--no-index", str(wheel)],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([py, "-m", "pip", "--version"], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.stdout.startswith(f"pip {PIP_READS_PYLOCK} "), proc.stdout
+    # no --index-url: pip takes every file from the lock's own entries (the local index the test serves)
+    proc = subprocess.run([py, "-m", "pip", "install", "--no-cache-dir", "-r", str(out)],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "Using pylock.toml as a requirements source" in proc.stderr  # pip really read it as a lock
+    site = next((venv / "lib").glob("python3.*")) / "site-packages"
+    for dist in ("torch-2.1.2", "helperlib-1.1", "fakelib-1.0"):
+        assert (site / f"{dist}.dist-info" / "METADATA").is_file(), dist
+    # and pip checks the lock's hashes: a tampered one is refused
+    text = out.read_text()
+    first = re.search(r'sha256 = "([0-9a-f]{64})"', text).group(1)
+    bad = setup / "bad" / "pylock.toml"
+    bad.parent.mkdir()
+    bad.write_text(text.replace(first, "0" * 64))
+    proc = subprocess.run([py, "-m", "pip", "install", "--no-cache-dir", "--force-reinstall", "-r", str(bad)],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode != 0 and "hash" in (proc.stderr + proc.stdout).lower(), proc.stderr
 
 
 def test_deepspeed_is_locked_and_megatron_commit_is_not(setup, capsys, index, tmp_path):

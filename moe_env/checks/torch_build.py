@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import List, Optional, Tuple
 
-from moe_env.checks.facts import cuda_major_minor, parse_version, release_tuple
+from moe_env.checks.facts import cuda_major_minor, parse_version, release_tuple, spec_contains
 from moe_env.checks.registry import Context, generic
 from moe_env.environment import normalize_name
 from moe_env.findings import Finding
@@ -195,3 +195,35 @@ def _example_index() -> str:
 
     return torch_index_url("cu126")
 
+
+
+SRC_CPP_EXTENSION_PKG_RESOURCES = "release:torch==2.0.1:torch/utils/cpp_extension.py:25 `from pkg_resources import packaging`"
+
+
+@generic("torch-setuptools")
+def torch_setuptools(ctx: Context) -> List[Finding]:
+    """torch releases whose cpp_extension imports pkg_resources need a setuptools that still has it.
+
+    The range is the matrix's `[[torch]] setuptools`; an out-of-range setuptools makes
+    `import torch.utils.cpp_extension` fail, so every extension build against torch (a deepspeed sdist,
+    DeepSpeed's JIT ops at first use, flash-attn from source) fails.
+    """
+    version = ctx.env.torch.version if ctx.env.torch is not None else ctx.env.version_of("torch")
+    row = ctx.matrix.torch_release(version) if version else None
+    setuptools = ctx.env.version_of("setuptools")
+    if row is None or not row.setuptools or setuptools is None:
+        return []
+    if spec_contains(row.setuptools, setuptools) is not False:
+        return []
+    return [Finding(
+        id="torch.setuptools-without-pkg-resources",
+        severity="error",
+        title=f"torch {version} cannot build extensions with setuptools {setuptools}",
+        seen=f"torch {version} with setuptools {setuptools}; torch {row.minor}'s cpp_extension needs setuptools{row.setuptools}",
+        why=("torch.utils.cpp_extension imports `packaging` from pkg_resources, which this setuptools does not "
+             "have: a deepspeed sdist installed after torch fails in its setup.py, and DeepSpeed's JIT ops "
+             "(fused Adam, ...) fail at first use."),
+        fix=f"pip install 'setuptools{row.setuptools}'",
+        requirement=f"setuptools{row.setuptools}",
+        sources=[SRC_CPP_EXTENSION_PKG_RESOURCES] + [s for s in row.source if "setuptools" in s],
+    )]

@@ -21,9 +21,10 @@ class LockInput:
     index_url: Optional[str] = None  # None: the backend's default index
     extra_index_urls: List[str] = field(default_factory=list)
     excluded: List[str] = field(default_factory=list)  # source builds, installed after the lockfile
+    constraints: List[str] = field(default_factory=list)  # ranges, not pins: "setuptools<82,!=70.0.0"
 
     def requirements_in(self) -> str:
-        return "".join(r + "\n" for r in self.requirements)
+        return "".join(r + "\n" for r in self.requirements + self.constraints)
 
 
 def norm(name: str) -> str:
@@ -48,6 +49,23 @@ def lock_input(resolution: Resolution, index_url: Optional[str] = None, torch_in
             ver = f"{ver.split('+', 1)[0]}+{target.torch_index}"
         reqs.append(f"{pkg}=={ver}")
     extra = [torch_index_url(target.torch_index, torch_index)] if target.torch_index else []
+    constraints = []
+    torch_pin = next((v for k, v in resolution.stack.pins.items() if norm(k) == "torch"), None)
+    torch_version = target.torch or torch_pin
+    release = resolution.matrix.torch_release(torch_version) if resolution.matrix and torch_version else None
+    pinned = {norm(k.split("[", 1)[0]) for k in resolution.stack.pins}
+    if release is not None and release.setuptools and "setuptools" not in pinned:
+        constraints.append(f"setuptools{release.setuptools}")
+    # what a build-step package installs with it goes into the lockfile (hash-checked, in an air-gapped
+    # wheelhouse); the step itself then finds everything installed
+    from moe_env.matrix.consistency import release_facts
+
+    for item in excluded:
+        name, _, version = item.partition("==")
+        row = release_facts(resolution.matrix, name.split("[", 1)[0], version) if resolution.matrix and version else None
+        for dep, spec in sorted((row.requires if row else {}).items()):
+            if norm(dep) not in pinned and norm(dep) not in skip and f"{dep}{spec}" not in constraints:
+                constraints.append(f"{dep}{spec}")
     return LockInput(
         requirements=reqs,
         python=target.python,
@@ -55,6 +73,7 @@ def lock_input(resolution: Resolution, index_url: Optional[str] = None, torch_in
         index_url=default_index(index_url),
         extra_index_urls=extra,
         excluded=excluded,
+        constraints=constraints,
     )
 
 

@@ -82,7 +82,7 @@ _VERSION_FIELDS = {
     m.CudaImage: ("version",),
 }
 _SPEC_FIELDS = {
-    m.TorchRelease: ("python",),
+    m.TorchRelease: ("python", "setuptools"),
     m.TorchArch: ("torch",),
     m.PackageRelease: ("python", "requires"),
     m.Conflict: ("when",),

@@ -27,6 +27,9 @@ class TorchRelease(Record):
     cxx11_abi: bool  # the PyPI default build's _GLIBCXX_USE_CXX11_ABI
     source: List[str]
     notes: str = ""
+    # setuptools releases whose pkg_resources torch.utils.cpp_extension can import ("" = any): everything
+    # that builds against this torch (sdists that import it, DeepSpeed's JIT ops) needs one of them
+    setuptools: str = ""
 
 
 @record
