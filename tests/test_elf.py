@@ -299,6 +299,24 @@ def test_truncated_and_flipped_objects_never_raise_anything_else(real_so, tmp_pa
     _exercise(str(path))
 
 
+@needs_compiler
+@pytest.mark.parametrize("offset", [2 ** 63 + 5, 2 ** 64 - 256])
+def test_offsets_past_what_pread_takes_are_malformed_not_a_crash(real_so, tmp_path, offset):
+    """Found by the fuzz test above: a PT_DYNAMIC offset >= 2**63 made os.pread raise OverflowError."""
+    blob = bytearray(real_so["ext"].read_bytes())
+    phoff, = struct.unpack_from("<Q", blob, 32)
+    phentsize, phnum = struct.unpack_from("<HH", blob, 54)
+    for i in range(phnum):
+        at = phoff + i * phentsize
+        if struct.unpack_from("<I", blob, at)[0] == 2:  # PT_DYNAMIC: its p_offset follows p_type, p_flags
+            struct.pack_into("<Q", blob, at + 8, offset)
+    path = tmp_path / "far.so"
+    path.write_bytes(bytes(blob))
+    with pytest.raises(elf.ElfError, match="malformed"):
+        elf.needed_names(str(path))
+    _exercise(str(path))
+
+
 @settings(max_examples=60, deadline=10000)
 @given(st.binary(min_size=0, max_size=2048))
 def test_random_bytes_after_an_elf_magic(blob):

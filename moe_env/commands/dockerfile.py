@@ -61,9 +61,10 @@ def register(sub) -> None:
     p.add_argument("--moe-env", dest="moe_env_spec", metavar="SPEC", default="",
                    help="a published moe-env for the image (moe-env==0.1.0) or a .whl in the build context "
                         "(default: a wheel of this moe-env, which -o writes into the context)")
-    p.add_argument("-o", "--output", metavar="FILE|DIR",
-                   help="write the Dockerfile (DIR/Dockerfile for a folder), the stack's lockfile and a wheel of this "
-                        "moe-env beside it, atomically, instead of printing the Dockerfile")
+    p.add_argument("-o", "--output", metavar="DIR|FILE",
+                   help="write the Dockerfile (DIR/Dockerfile: a folder, made if missing), the stack's lockfile and a "
+                        "wheel of this moe-env beside it, atomically, instead of printing the Dockerfile; a FILE "
+                        "is a path whose name contains 'Dockerfile' (or an existing file)")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     p.set_defaults(func=run)
 
@@ -111,9 +112,7 @@ def run(args) -> int:
                   "`moe-env dockerfile ... -o DIR` writes it with the Dockerfile", file=sys.stderr)
         return 0
 
-    out = Path(args.output)
-    if args.output.endswith("/") or out.is_dir() and not (out / "Dockerfile").is_dir() and out.name != "Dockerfile":
-        out = out / "Dockerfile"  # -o DIR: the build context
+    out = _output_path(args.output)
     writes = [(out, text.encode("utf-8"))]
     if not args.moe_env_spec:
         writes.append((out.parent / wheel_name(), build_wheel(out.parent / wheel_name())))
@@ -245,3 +244,20 @@ def _check_target(path, data: bytes, force: bool) -> None:
 
     if path.is_dir():
         raise UsageError(f"{path} is a folder; give a file name (e.g. {path / 'Dockerfile'})")
+
+
+def _output_path(output: str):
+    """-o names the build context (a folder, made when missing) unless it names the Dockerfile itself.
+
+    `-o ctx` for a folder that does not exist yet means the folder, as `-o ctx/` does: writing a file
+    named ctx with the wheel and lockfile beside it in the parent is never what was meant.
+    """
+    import os
+    from pathlib import Path
+
+    out = Path(output)
+    if output.endswith(("/", os.sep)) or out.is_dir():
+        return out if out.name == "Dockerfile" and not out.is_dir() else out / "Dockerfile"
+    if out.exists() or "dockerfile" in out.name.lower():
+        return out
+    return out / "Dockerfile"

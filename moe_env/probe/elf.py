@@ -624,7 +624,7 @@ def needed_names(path):
         return out
     except OSError as exc:
         raise ElfError("cannot read (%s)" % (exc.strerror or exc))
-    except struct.error as exc:
+    except (struct.error, OverflowError, ValueError) as exc:  # offsets past 2**63: no real file has them
         raise ElfError("malformed (%s)" % exc)
     finally:
         os.close(fd)
