@@ -93,6 +93,15 @@ def test_declaration_errors_are_those_of_dataclasses():
             y: int
 
 
+def test_a_record_without_fields_is_still_a_record():
+    @record
+    class Empty(Record):
+        pass
+
+    assert records.is_record(Empty) and records.fields(Empty) == () and records.asdict(Empty()) == {}
+    assert Empty() == Empty() and repr(Empty()).endswith("Empty()")
+
+
 def test_a_record_in_a_real_dataclass_and_back():
     @dataclasses.dataclass
     class Holder:
