@@ -292,6 +292,35 @@ def test_doctor_imports_nothing_heavy():
     assert not imported & {"requests", "uv", "piptools", "pip", "urllib3"}, imported & {"requests", "uv", "piptools", "pip"}
 
 
+def test_doctor_starts_its_probe_before_argparse_typing_json_or_the_matrix_load(tmp_path):
+    """The probe's interpreter boots while the host imports: at the moment it is spawned (a real run of the CLI
+    in a subprocess, os.posix_spawn watched) only moe-env's light modules have loaded."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "watch.py"
+    script.write_text(
+        "import os, sys\n"
+        "seen = []\n"
+        "real = os.posix_spawn\n"
+        "def spy(*a, **k):\n"
+        "    if not seen: seen.append(sorted(sys.modules))\n"
+        "    return real(*a, **k)\n"
+        "os.posix_spawn = spy\n"
+        "from moe_env.cli import main\n"
+        "rc = main(['doctor', '--python', sys.executable, '--json'])\n"
+        "import json\n"
+        "sys.stderr.write('MODULES ' + json.dumps(seen[0]) + '\\n')\n")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "MOE_ENV_NO_CACHE": "1"})
+    line = [x for x in res.stderr.splitlines() if x.startswith("MODULES ")]
+    assert line, res.stderr
+    at_spawn = set(json.loads(line[0][len("MODULES "):]))
+    assert "moe_env.probe.runner" in at_spawn
+    assert not at_spawn & {"argparse", "typing", "json", "moe_env.parser", "moe_env.matrix", "packaging"}, at_spawn
+    assert json.loads(res.stdout)["environment"]["python"]["executable"]
+
+
 def test_hostile_environment_gives_findings_not_a_crash(venv, matrix):
     """Broken METADATA, odd versions, a syntax error in a probed module, packages that hang or raise on import."""
     add_torch(venv, "2.1.0a0+git1234", "12.1", requires=[])
