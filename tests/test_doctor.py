@@ -500,4 +500,19 @@ def test_matrix_cache_defers_what_doctor_never_reads_and_equals_the_loader(tmp_p
     assert cache._read_cache(str(tmp_path / "cache"), str(target), cache._key(cache.matrix_dir())) is None
     target.write_bytes(data[: len(data) // 2])
     assert cache._read_cache(str(tmp_path / "cache"), str(target), cache._key(cache.matrix_dir())) is None
+    # an edited header whose spans do not tile the body is a miss too; one that swaps two lines fails in one line
+    header, rest = data.split(b"\n", 1)
+    doc = json.loads(header)
+    doc["deferred"][0][3] += 1
+    target.write_bytes(json.dumps(doc).encode() + b"\n" + rest)
+    assert cache._read_cache(str(tmp_path / "cache"), str(target), cache._key(cache.matrix_dir())) is None
+    doc = json.loads(header)
+    first, second = doc["deferred"][0], doc["deferred"][1]
+    first[1], second[1] = second[1], first[1]
+    target.write_bytes(json.dumps(doc).encode() + b"\n" + rest)
+    odd = cache._read_cache(str(tmp_path / "cache"), str(target), cache._key(cache.matrix_dir()))
+    from moe_env.errors import MoeEnvError
+
+    with pytest.raises(MoeEnvError, match="does not read back"):
+        odd.known_issues, odd.fleet_facts, odd.launcher_args, odd.cuda_images  # noqa: B018
     assert cache.load_matrix_cached() == hit

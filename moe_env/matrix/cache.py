@@ -115,9 +115,16 @@ def _read_cache(folder: str, target: str, key: str) -> Optional[model.Matrix]:
         # never an error later in the middle of a command
         if [len(body), zlib.crc32(body)] != header["body"]:
             return None
-        builder = _Builder(header["plans"])
+        spans, at = header["deferred"], 0
+        for _project, _name, start, size in spans:  # the lines tile the body, each ends its line
+            if start != at or size < 1 or body[start + size - 1:start + size] != b"\n":
+                return None
+            at += size
+        if at != len(body):
+            return None
+        builder = _Builder(header["plans"], target)
         matrix = builder.build(model.Matrix, header["matrix"])
-        for project, name, start, size in header["deferred"]:
+        for project, name, start, size in spans:
             owner = matrix if project is None else matrix.projects[project]
             defer(owner, name, builder.later(type(owner), name, body, start, size))
         return matrix
@@ -241,10 +248,11 @@ def _plans() -> Dict[str, Dict[str, _Spec]]:
 class _Builder:
     """Rebuilds the typed tree from JSON by the stored plans; only model's own dataclasses are made."""
 
-    def __init__(self, plans: Any):
+    def __init__(self, plans: Any, path: str = ""):
         if not isinstance(plans, dict):
             raise ValueError("no plans")
         self.plans = plans
+        self.path = path
         self.made: Dict[str, Dict[str, Any]] = {}
 
     def _class(self, name: Any) -> type:
@@ -274,8 +282,18 @@ class _Builder:
         conv = self._converter(self.plans[cls.__name__][name])
 
         def make() -> Any:
-            value = json.loads(body[start:start + size])
-            return value if conv is None or value is None else conv(value)
+            try:
+                value = json.loads(body[start:start + size])
+                return value if conv is None or value is None else conv(value)
+            except Exception as exc:  # only an edited header gets here (the body's CRC was checked)
+                from moe_env.errors import MoeEnvError
+
+                try:
+                    os.unlink(self.path)  # the next run rebuilds it
+                except OSError:
+                    pass
+                raise MoeEnvError(f"the matrix cache {self.path} does not read back ({name}: {exc}); "
+                                  "it was removed: run the command again") from None
 
         return make
 
