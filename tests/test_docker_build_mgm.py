@@ -32,7 +32,7 @@ Timings (download, build, each Dockerfile step) are printed at the end of the mo
 
 Building the real stack first found two lockfile defects, fixed in the matrix (see
 tests/test_lock_constraints.py): torch 2.0's cpp_extension needs a setuptools with pkg_resources
-(<82, !=70.0.0; the lock had 84.2.1, and deepspeed's sdist failed in its setup.py), and flash-attn's
+(<82, !=70.*; the lock had 84.2.1, and deepspeed's sdist failed in its setup.py), and flash-attn's
 own requirement einops was in no lockfile (the air-gapped step could not find it).
 """
 

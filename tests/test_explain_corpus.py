@@ -244,6 +244,7 @@ NEW_DOCTOR_IDS = {
 PREDICTING = NEW_DOCTOR_IDS | {
     "torch.driver-too-old", "torch.driver-minor-compat", "torch.gpu-arch-missing", "build.nvcc-cuda-major-mismatch",
     "deepspeed.built-for-other-torch", "deepspeed.built-for-other-cuda", "gpu.bf16-unsupported", "numpy2-with-torch-before-2.3",
+    "torch.setuptools-without-pkg-resources",
 }
 
 

@@ -197,17 +197,17 @@ def _example_index() -> str:
 
 
 
-SRC_CPP_EXTENSION_PKG_RESOURCES = "release:torch==2.0.1:torch/utils/cpp_extension.py:25 `from pkg_resources import packaging`"
-
-
 @generic("torch-setuptools")
 def torch_setuptools(ctx: Context) -> List[Finding]:
     """torch releases whose cpp_extension imports pkg_resources need a setuptools that still has it.
 
-    The range is the matrix's `[[torch]] setuptools`; an out-of-range setuptools makes
-    `import torch.utils.cpp_extension` fail, so every extension build against torch (a deepspeed sdist,
-    DeepSpeed's JIT ops at first use, flash-attn from source) fails.
+    The range is the matrix's `[[torch]] setuptools` (torch 1.13-2.1 import `packaging` from it); an
+    out-of-range setuptools makes `import torch.utils.cpp_extension` fail, so every build against torch
+    fails: a deepspeed sdist's setup.py, DeepSpeed's JIT ops at first use, flash-attn's and apex's setup.py.
+    The sources: the torch row's, then the artifact sources of the known issues (the two error lines)
+    that name this finding.
     """
+    fid = "torch.setuptools-without-pkg-resources"
     version = ctx.env.torch.version if ctx.env.torch is not None else ctx.env.version_of("torch")
     row = ctx.matrix.torch_release(version) if version else None
     setuptools = ctx.env.version_of("setuptools")
@@ -215,15 +215,21 @@ def torch_setuptools(ctx: Context) -> List[Finding]:
         return []
     if spec_contains(row.setuptools, setuptools) is not False:
         return []
+    issues = [k for k in ctx.matrix.known_issues if fid in k.doctor]
+    lines = " or ".join(f"`{k.patterns[0]}`" for k in issues)
+    own = [s for s in row.source if "pkg_resources" in s or "setuptools" in s]
+    builders = [s for k in issues for s in k.source if "torch.utils.cpp_extension" in s and s not in own]
     return [Finding(
-        id="torch.setuptools-without-pkg-resources",
+        id=fid,
         severity="error",
         title=f"torch {version} cannot build extensions with setuptools {setuptools}",
         seen=f"torch {version} with setuptools {setuptools}; torch {row.minor}'s cpp_extension needs setuptools{row.setuptools}",
-        why=("torch.utils.cpp_extension imports `packaging` from pkg_resources, which this setuptools does not "
-             "have: a deepspeed sdist installed after torch fails in its setup.py, and DeepSpeed's JIT ops "
-             "(fused Adam, ...) fail at first use."),
+        why=("torch.utils.cpp_extension runs `from pkg_resources import packaging` when imported, and this "
+             "setuptools has no pkg_resources or no `packaging` in it: the import fails"
+             + (f" ({lines})" if lines else "")
+             + ", so a deepspeed sdist installed after torch fails in its setup.py, DeepSpeed's JIT ops "
+             "(fused Adam, ...) fail at first use, and flash-attn's and apex's setup.py fail."),
         fix=f"pip install 'setuptools{row.setuptools}'",
         requirement=f"setuptools{row.setuptools}",
-        sources=[SRC_CPP_EXTENSION_PKG_RESOURCES] + [s for s in row.source if "setuptools" in s],
+        sources=own + builders,
     )]

@@ -21,7 +21,7 @@ class LockInput:
     index_url: Optional[str] = None  # None: the backend's default index
     extra_index_urls: List[str] = field(default_factory=list)
     excluded: List[str] = field(default_factory=list)  # source builds, installed after the lockfile
-    constraints: List[str] = field(default_factory=list)  # ranges, not pins: "setuptools<82,!=70.0.0"
+    constraints: List[str] = field(default_factory=list)  # ranges, not pins: "setuptools<82,!=70.*"
 
     def requirements_in(self) -> str:
         return "".join(r + "\n" for r in self.requirements + self.constraints)
