@@ -117,6 +117,7 @@ def known_conflicts(ctx: Context) -> List[Finding]:
     return [Finding(
         id=c.id, severity=c.severity, title=c.title,
         seen=" with ".join(seen) + " installed", why=c.why, fix=c.fix, sources=list(c.source),
+        requirement=c.requirement,
     ) for c, seen in _fired_conflicts(ctx)]
 
 

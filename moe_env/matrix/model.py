@@ -182,6 +182,9 @@ class Conflict(Record):
     why: str
     fix: str
     source: List[str]
+    # the fix as one requirement on one of the `when` packages ("peft<0.14.0"): doctor's one-command fix line
+    # and its merge of fixes for the same package read it; "" when the fix is not an install
+    requirement: str = ""
 
 
 # ---------------------------------------------------------------- projects (projects/<name>.toml)
