@@ -50,7 +50,7 @@ def test_shipped_conflicts_are_consistent(matrix):
     assert {"peft-0.14-with-transformers-before-4.43", "peft-0.15-with-accelerate-before-0.32",
             "accelerate-0.32-with-huggingface-hub-before-0.21", "deepspeed-before-0.14.4-with-torch-2.4",
             "trl-before-0.8-with-transformers-4.39", "sentence-transformers-2.2-with-huggingface-hub-0.26",
-            "diffusers-before-0.29-with-huggingface-hub-0.26"} <= ids
+            "diffusers-before-0.29-with-huggingface-hub-0.26", "peft-0.16-with-transformers-5"} <= ids
     for c in matrix.conflicts:
         if c.id in ids and c.severity == "error":
             # an error cites the artifact that shows the failure
@@ -121,6 +121,23 @@ def test_peft_014_with_transformers_441(venv_factory):
     add_plain(good, "accelerate", "0.34.2")
     add_plain(good, "transformers", "4.41.2")
     _, findings = doctor_json(good)
+    assert not [f for f in findings if f["id"].startswith("peft-")], findings
+
+
+def test_peft_017_with_transformers_5(venv_factory):
+    v = venv_factory()
+    add_plain(v, "peft", "0.17.1", requires=PEFT_REQUIRES)
+    add_plain(v, "accelerate", "1.10.1")
+    add_plain(v, "transformers", "5.0.0")
+    _, findings = doctor_json(v)
+    hit = by_id(findings)["peft-0.16-with-transformers-5"]
+    assert hit["severity"] == "error" and hit["requirement"] == "peft>=0.18.0"
+    assert [f["id"] for f in findings if f["id"].startswith("peft-")] == ["peft-0.16-with-transformers-5"]
+    w = venv_factory()
+    add_plain(w, "peft", "0.18.0", requires=PEFT_REQUIRES)
+    add_plain(w, "accelerate", "1.10.1")
+    add_plain(w, "transformers", "5.0.0")
+    _, findings = doctor_json(w)
     assert not [f for f in findings if f["id"].startswith("peft-")], findings
 
 
@@ -202,6 +219,10 @@ PASTED = [
     ("ImportError: cannot import name 'EncoderDecoderCache' from 'transformers' "
      "(/home_data/home/geyx2023/.conda/envs/llava/lib/python3.10/site-packages/transformers/__init__.py)",
      "peft-needs-transformers-cache-classes"),
+    # zai-org/GLM-Image#3 (peft 0.17 next to transformers 5.0)
+    ("ImportError: cannot import name 'HybridCache' from 'transformers' "
+     "(/usr/local/lib/python3.12/dist-packages/transformers/__init__.py)",
+     "transformers-5-removed-hybrid-cache"),
     # smthemex/ComfyUI_Sonic#8 (transformers older than 4.36: Cache is the first missing name)
     ("ImportError: cannot import name 'Cache' from 'transformers' "
      "(F:\\ComfyUI-aki-v1.5\\ComfyUI-aki-v1.5\\python\\lib\\site-packages\\transformers\\__init__.py)",
@@ -250,7 +271,7 @@ def test_explain_python_confirms_from_the_installed_versions(venv_factory, tmp_p
     add_deepspeed(v, "0.14.0", z3_leaf=True, built_torch="2.4", requires=["torch"])
     log = tmp_path / "train.log"
     log.write_text("Traceback (most recent call last):\n  File \"train.py\", line 3, in <module>\n    import deepspeed\n"
-                   + PASTED[4][0] + "\n")
+                   + next(line for line, e in PASTED if "'log'" in line) + "\n")
     res = moe_env_cli(["explain", str(log), "--python", str(v.python), "--json"], env=HOST)
     assert res.returncode == 1, res.stderr
     by = {m["id"]: m for m in json.loads(res.stdout)["matches"]}
