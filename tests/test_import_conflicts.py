@@ -283,3 +283,20 @@ def test_explain_python_confirms_from_the_installed_versions(venv_factory, tmp_p
     res = moe_env_cli(["explain", str(log), "--python", str(w.python), "--json"], env=HOST)
     by = {m["id"]: m for m in json.loads(res.stdout)["matches"]}
     assert by["deepspeed-torch-elastic-log-removed"]["confirmation"].startswith("not seen in ")
+
+
+def test_explain_python_on_the_peft_line_confirms_and_reads_the_api_table(venv_factory, tmp_path):
+    """haotian-liu/LLaVA#1794's line against a venv with peft 0.14.0 and transformers 4.41.2: the conflict confirms the
+    specific issue, and the generic transformers issue picks `too-old` from the API table's EncoderDecoderCache row."""
+    v = venv_factory()
+    add_plain(v, "peft", "0.14.0", requires=PEFT_REQUIRES)
+    add_plain(v, "accelerate", "0.34.2")
+    add_plain(v, "transformers", "4.41.2")
+    log = tmp_path / "x.log"
+    log.write_text(PASTED[0][0] + "\n")
+    res = moe_env_cli(["explain", str(log), "--python", str(v.python), "--json"], env=HOST)
+    assert res.returncode == 1, res.stderr
+    by = {m["id"]: m for m in json.loads(res.stdout)["matches"]}
+    assert by["peft-needs-transformers-cache-classes"]["confirmation"].startswith("confirmed in ")
+    picked = by["hf-name-not-in-release"]["picked"]
+    assert picked["reading"] == "too-old" and "first in 4.43.0" in picked["why"], picked
