@@ -73,6 +73,9 @@ def test_conflict_problems_catch_bad_rows():
         row(id="overlap", requirement="peft<0.15.0"),
         row(id="other-package", requirement="torch>=2.4"),
         row(id="lonely", when={"peft": ">=0.14.0"}, requirement=""),
+        row(id="alt-fine", alternative="transformers>=4.43.0"),
+        row(id="alt-overlap", alternative="transformers>=4.40"),
+        row(id="alt-same-package", alternative="peft>=0.18.0"),
     ])
     problems = conflict_problems(bad)
     text = "\n".join(problems)
@@ -83,6 +86,9 @@ def test_conflict_problems_catch_bad_rows():
     assert re.search(r"overlap: requirement 'peft<0.15.0' overlaps", text)
     assert re.search(r"other-package: requirement 'torch>=2.4' is not a plain requirement on a `when` package", text)
     assert re.search(r"lonely: `when` names 1 package", text)
+    assert "conflict alt-fine:" not in text
+    assert re.search(r"alt-overlap: alternative 'transformers>=4.40' overlaps", text)
+    assert re.search(r"alt-same-package: alternative 'peft>=0.18.0' is not a plain requirement on another", text)
 
 
 def test_matrix_validate_reports_a_bad_conflict(tmp_path):
@@ -200,6 +206,20 @@ def test_several_conflicts_one_fix_line_without_contradictions(venv_factory):
     assert {"peft<0.14.0", "deepspeed>=0.14.4", "trl>=0.8.0"} <= set(reqs), fix
     names = [re.match(r"[A-Za-z0-9._-]+", r).group(0) for r in reqs]
     assert len(names) == len(set(names)), fix  # each package once: no two ranges to contradict each other
+
+
+def test_fix_keeps_inside_the_project_pins(venv_factory):
+    """MoE-LLaVA pins deepspeed==0.9.5: with torch 2.4 the way out is torch<2.4, not deepspeed>=0.14.4 (which would
+    trade this error for the project's deepspeed-pin warning); without a project, deepspeed>=0.14.4."""
+    v = venv_factory()
+    add_torch(v, "2.4.0+cu121", "12.1", requires=[])
+    add_deepspeed(v, "0.9.5", z3_leaf=False, built_torch="2.4", requires=["torch", "pydantic"])
+    add_plain(v, "pydantic", "1.10.13")
+    res = moe_env_cli(["doctor", "moe-llava", "--python", str(v.python), "--json"], env=HOST)
+    hit = by_id(json.loads(res.stdout)["findings"])["deepspeed-before-0.14.4-with-torch-2.4"]
+    assert hit["requirement"] == "torch<2.4" and "keeps deepspeed==0.9.5" in hit["fix"], hit
+    _, findings = doctor_json(v)
+    assert by_id(findings)["deepspeed-before-0.14.4-with-torch-2.4"]["requirement"] == "deepspeed>=0.14.4"
 
 
 def test_trl_with_transformers_439(venv_factory):

@@ -200,6 +200,16 @@ def conflict_problems(matrix: Matrix) -> List[str]:
             elif intersect([req[1], c.when[req[0]]]) is not None:
                 out.append(f"{where}: requirement {c.requirement!r} overlaps `when` {req[0]}{c.when[req[0]]}: "
                            "installing it may keep the conflict")
+        if c.alternative:
+            alt = split_requirement(c.alternative)
+            req = split_requirement(c.requirement) if c.requirement else None
+            if req is None:
+                out.append(f"{where}: alternative {c.alternative!r} without a requirement")
+            elif alt is None or alt[0] not in c.when or alt[0] == req[0]:
+                out.append(f"{where}: alternative {c.alternative!r} is not a plain requirement on another `when` package")
+            elif intersect([alt[1], c.when[alt[0]]]) is not None:
+                out.append(f"{where}: alternative {c.alternative!r} overlaps `when` {alt[0]}{c.when[alt[0]]}: "
+                           "installing it may keep the conflict")
     return out
 
 
