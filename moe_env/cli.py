@@ -7,14 +7,16 @@ Command modules keep heavy imports inside their run functions so `doctor` stays 
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import sys
-from typing import List, Optional
 
-from moe_env import __version__
 from moe_env.errors import MoeEnvError
+
+# typing's constant without importing typing (nor argparse): doctor starts its probe before either loads
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import List, Optional
 
 # subcommand module names under moe_env.commands, in --help order
 COMMANDS = [
@@ -29,37 +31,12 @@ COMMANDS = [
     "matrix",
 ]
 
-EPILOG = """\
-examples:
-  moe-env doctor minigemini --model 8x7b       judge this interpreter's environment for MGM-8x7B
-  moe-env doctor --python /opt/venv/bin/python  probe another interpreter (never imports torch)
-  moe-env lock minigemini -o requirements.lock  MGM-8x7B's shipped lockfile, judged for this host
-  moe-env explain train.log                    match a log against known issues
-  moe-env matrix list                          projects, variants and known-good stacks
-
-exit codes: 0 ok, 1 problems found, 2 bad usage or input, 3 network failure, 4 internal error
-"""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, with a pointer to --help
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
 
 def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
-    """The parser; with `only` (a command's module name) just that command's subparser, which is all
-    a run of that command needs (building all nine imports every command module)."""
-    parser = _Parser(
-        prog="moe-env",
-        description="Know whether an environment can train a Mixture-of-Experts project, and pin one that can.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"moe-env {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in ([only] if only else COMMANDS):
-        importlib.import_module(f"moe_env.commands.{name}").register(sub)
-    return parser
+    """The parser (moe_env/parser.py: argparse loads only after doctor's probe has started)."""
+    from moe_env.parser import build_parser as build
+
+    return build(only)
 
 
 def _command_of(argv: List[str]) -> Optional[str]:
@@ -76,12 +53,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     only = _command_of(argv)
     early = None
     if only == "doctor":
-        # start the probe before anything else: its interpreter boots while this one builds the parser
-        # and loads the matrix and the checks (the commands module is light; it imports inside run())
-        from moe_env.commands import doctor
+        # a short run that frees nothing worth collecting: the cyclic collector would only walk the ~6,000
+        # matrix records and the probe's JSON over and over while they are built (~3 ms of CPU)
+        import gc
+
+        gc.disable()
+        # start the probe before anything else: its interpreter boots while this one imports argparse,
+        # builds the parser and loads the matrix and the checks
+        from moe_env.probe.runner import start_from_argv
 
         try:
-            early = doctor.start_early(argv[1:])
+            early = start_from_argv(argv[1:])
         except MoeEnvError:
             early = None  # the same error is raised again, in order, by the normal path
     try:

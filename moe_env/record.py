@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any, Dict, Tuple
 
-__all__ = ["MISSING", "Field", "Record", "asdict", "field", "fields", "hints", "is_record", "record", "replace"]
+__all__ = ["MISSING", "Field", "Record", "asdict", "defer", "field", "fields", "hints", "is_record", "record", "replace"]
 
 
 class _Missing:
@@ -100,6 +100,16 @@ class Record:
         raise TypeError(f"{where} missing {len(missing)} required positional arguments: "
                         f"{', '.join(quoted[:-1])} and {quoted[-1]}")
 
+    def __getattr__(self, name: str) -> Any:
+        """Reached only for a name not set on the instance: a deferred field (see `defer`), else AttributeError."""
+        deferred = self.__dict__.get("__deferred__")
+        if deferred is not None and name in deferred:
+            value = deferred[name]()
+            self.__dict__[name] = value
+            del deferred[name]
+            return value
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
     def __repr__(self) -> str:
         inner = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in type(self).__record_fields__)
         return f"{type(self).__qualname__}({inner})"
@@ -142,6 +152,19 @@ def _record(cls):
     cls.__record_fields__ = tuple(by_name.values())
     cls.__match_args__ = tuple(by_name)
     return cls
+
+
+def defer(obj: Record, name: str, make: Any) -> None:
+    """Field `name` of `obj` becomes `make()`, worked out on its first read (then stored as any field).
+
+    Why: the matrix cache holds sections a command may never read (known issues, launch-line rules);
+    building them only when read keeps doctor's start-up to the part it uses. Every reader (getattr,
+    `asdict`, `==`, repr) sees the same value as if it had been set in __init__.
+    """
+    if not isinstance(obj, Record) or name not in {f.name for f in type(obj).__record_fields__}:
+        raise TypeError(f"defer(): {name!r} is not a field of {type(obj).__name__}")
+    obj.__dict__.pop(name, None)
+    obj.__dict__.setdefault("__deferred__", {})[name] = make
 
 
 def _field(*, default: Any = MISSING, default_factory: Any = MISSING) -> Any:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import select
 import time
-from typing import List, Optional, Tuple
+
+TYPE_CHECKING = False  # typing's constant, without importing typing before the probe starts
+if TYPE_CHECKING:
+    from typing import List, Optional, Tuple
 
 _CHUNK = 1 << 16
 

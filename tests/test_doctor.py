@@ -292,6 +292,35 @@ def test_doctor_imports_nothing_heavy():
     assert not imported & {"requests", "uv", "piptools", "pip", "urllib3"}, imported & {"requests", "uv", "piptools", "pip"}
 
 
+def test_doctor_starts_its_probe_before_argparse_typing_json_or_the_matrix_load(tmp_path):
+    """The probe's interpreter boots while the host imports: at the moment it is spawned (a real run of the CLI
+    in a subprocess, os.posix_spawn watched) only moe-env's light modules have loaded."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "watch.py"
+    script.write_text(
+        "import os, sys\n"
+        "seen = []\n"
+        "real = os.posix_spawn\n"
+        "def spy(*a, **k):\n"
+        "    if not seen: seen.append(sorted(sys.modules))\n"
+        "    return real(*a, **k)\n"
+        "os.posix_spawn = spy\n"
+        "from moe_env.cli import main\n"
+        "rc = main(['doctor', '--python', sys.executable, '--json'])\n"
+        "import json\n"
+        "sys.stderr.write('MODULES ' + json.dumps(seen[0]) + '\\n')\n")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "MOE_ENV_NO_CACHE": "1"})
+    line = [x for x in res.stderr.splitlines() if x.startswith("MODULES ")]
+    assert line, res.stderr
+    at_spawn = set(json.loads(line[0][len("MODULES "):]))
+    assert "moe_env.probe.runner" in at_spawn
+    assert not at_spawn & {"argparse", "typing", "json", "moe_env.parser", "moe_env.matrix", "packaging"}, at_spawn
+    assert json.loads(res.stdout)["environment"]["python"]["executable"]
+
+
 def test_hostile_environment_gives_findings_not_a_crash(venv, matrix):
     """Broken METADATA, odd versions, a syntax error in a probed module, packages that hang or raise on import."""
     add_torch(venv, "2.1.0a0+git1234", "12.1", requires=[])
@@ -367,16 +396,16 @@ def test_matrix_cache_is_keyed_by_content(tmp_path, monkeypatch):
     root = write_matrix(tmp_path / "m")
     monkeypatch.setenv("MOE_ENV_CACHE_DIR", str(tmp_path / "cache"))
     first = load_matrix_cached(root)
-    assert len(list((tmp_path / "cache").glob("matrix-*.json"))) == 1
+    assert len(list((tmp_path / "cache").glob("matrix-*.jsonl"))) == 1
     again = load_matrix_cached(root)
     assert again.project("toyproj").checks == first.project("toyproj").checks
     # an edit of the same size still invalidates (content, not mtime, is the key)
     path = root / "projects" / "toyproj.toml"
     path.write_text(path.read_text().replace('title = "Toy MoE project"', 'title = "Toy MoE pro-ect"'))
     assert load_matrix_cached(root).project("toyproj").info.title == "Toy MoE pro-ect"
-    assert len(list((tmp_path / "cache").glob("matrix-*.json"))) == 1  # the stale one is pruned
+    assert len(list((tmp_path / "cache").glob("matrix-*.jsonl"))) == 1  # the stale one is pruned
     # a corrupt cache file is rebuilt, never an error
-    for f in (tmp_path / "cache").glob("matrix-*.json"):
+    for f in (tmp_path / "cache").glob("matrix-*.jsonl"):
         f.write_bytes(b"garbage")
     assert load_matrix_cached(root).project("toyproj") is not None
     # a bad matrix is still a one-line MatrixError through the cache
@@ -447,3 +476,43 @@ def test_requirements_check_agrees_with_pip_check(venv, matrix):
             ours.add((m.group(1), m.group(2).lower()))
     # a pre-release torch (2.1.0a0+git...) satisfies torch>=2.0 for both, as do the false and extra-only markers
     assert ours == pip_pairs == {("alpha", "beta"), ("alpha", "gamma")}
+
+
+def test_matrix_cache_defers_what_doctor_never_reads_and_equals_the_loader(tmp_path, monkeypatch):
+    """The shipped matrix through the cache (JSON Lines, some sections built on first read) is the loader's matrix."""
+    from moe_env.matrix import cache
+    from moe_env.matrix.loader import load_matrix
+
+    monkeypatch.setenv("MOE_ENV_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MOE_ENV_NO_CACHE", raising=False)
+    cache.load_matrix_cached()  # a miss: written
+    hit = cache.load_matrix_cached()
+    project = hit.project("minigemini")
+    assert project.checks and project.stacks and hit.releases and hit.conflicts
+    assert set(hit.__dict__["__deferred__"]) == set(cache.DEFERRED["Matrix"])
+    assert set(project.__dict__["__deferred__"]) == set(cache.DEFERRED["Project"])
+    assert hit == load_matrix()  # forces every deferred section: same values as parsed from the TOML
+    assert not hit.__dict__["__deferred__"] and hit.known_issues
+    # a changed byte in a deferred line, or a cut file, is a miss (rebuilt), never an error later
+    (target,) = (tmp_path / "cache").glob("matrix-*.jsonl")
+    data = target.read_bytes()
+    target.write_bytes(data[:-40] + data[-40:].replace(b'"', b"'", 1))
+    assert cache._read_cache(str(tmp_path / "cache"), str(target), cache._key(cache.matrix_dir())) is None
+    target.write_bytes(data[: len(data) // 2])
+    assert cache._read_cache(str(tmp_path / "cache"), str(target), cache._key(cache.matrix_dir())) is None
+    # an edited header whose spans do not tile the body is a miss too; one that swaps two lines fails in one line
+    header, rest = data.split(b"\n", 1)
+    doc = json.loads(header)
+    doc["deferred"][0][3] += 1
+    target.write_bytes(json.dumps(doc).encode() + b"\n" + rest)
+    assert cache._read_cache(str(tmp_path / "cache"), str(target), cache._key(cache.matrix_dir())) is None
+    doc = json.loads(header)
+    first, second = doc["deferred"][0], doc["deferred"][1]
+    first[1], second[1] = second[1], first[1]
+    target.write_bytes(json.dumps(doc).encode() + b"\n" + rest)
+    odd = cache._read_cache(str(tmp_path / "cache"), str(target), cache._key(cache.matrix_dir()))
+    from moe_env.errors import MoeEnvError
+
+    with pytest.raises(MoeEnvError, match="does not read back"):
+        odd.known_issues, odd.fleet_facts, odd.launcher_args, odd.cuda_images  # noqa: B018
+    assert cache.load_matrix_cached() == hit

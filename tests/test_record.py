@@ -121,3 +121,26 @@ def test_a_record_in_a_real_dataclass_and_back():
 def test_the_hot_path_types_are_records(cls):
     """doctor's own types use it (the point of the module: see benchmarks/doctor_bench.py)."""
     assert issubclass(cls, Record) and cls.__record_fields__
+
+
+def test_a_deferred_field_is_made_once_on_first_read_and_reads_as_a_set_one():
+    calls = []
+
+    def make():
+        calls.append(1)
+        return ["a", "b"]
+
+    lazy = Rec("x", 2)
+    records.defer(lazy, "tags", make)
+    assert calls == []
+    assert lazy.count == 2 and calls == []  # other fields do not force it
+    assert lazy.tags == ["a", "b"] and lazy.tags is lazy.tags and calls == [1]
+    assert lazy == Rec("x", 2, ["a", "b"]) and repr(lazy) == repr(Rec("x", 2, ["a", "b"]))
+    other = Rec("y")
+    records.defer(other, "tags", lambda: ["z"])
+    assert records.asdict(other) == {"name": "y", "count": 0, "tags": ["z"], "extra": None}
+    with pytest.raises(TypeError, match="'nope' is not a field of Rec"):
+        records.defer(other, "nope", list)
+    with pytest.raises(AttributeError, match="'Rec' object has no attribute 'missing'"):
+        other.missing  # noqa: B018
+    assert not hasattr(other, "missing")

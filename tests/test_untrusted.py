@@ -243,7 +243,7 @@ def test_cache_never_runs_a_planted_file(tmp_path):
     cache = tmp_path / "cache"
     env = _cache_env(tmp_path, MOE_ENV_CACHE_DIR=str(cache))
     assert _matrix_list(env).returncode == 0
-    (target,) = cache.glob("matrix-*.json")
+    (target,) = cache.glob("matrix-*.jsonl")
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
     sentinel = tmp_path / "ran"
     import pickle
@@ -252,7 +252,7 @@ def test_cache_never_runs_a_planted_file(tmp_path):
         def __reduce__(self):
             return (os.system, (f"touch {sentinel}",))
 
-    for name in (target.name, target.name.replace(".json", ".pickle")):
+    for name in (target.name, target.name.replace(".jsonl", ".pickle")):
         (cache / name).write_bytes(pickle.dumps(Boom()))
     assert _matrix_list(env).returncode == 0 and not sentinel.exists()
 
@@ -264,10 +264,11 @@ def test_cache_trusts_only_files_of_this_user_that_nobody_else_can_write(tmp_pat
     monkeypatch.setenv("MOE_ENV_CACHE_DIR", str(cache))
     monkeypatch.delenv("MOE_ENV_NO_CACHE", raising=False)
     title = load_matrix_cached().project("minigemini").info.title
-    (target,) = cache.glob("matrix-*.json")
-    doc = json.loads(target.read_text())
+    (target,) = cache.glob("matrix-*.jsonl")
+    header, rest = target.read_bytes().split(b"\n", 1)  # JSON Lines: the header line holds the project's info
+    doc = json.loads(header)
     doc["matrix"]["projects"]["minigemini"]["info"]["title"] = "PLANTED"
-    target.write_text(json.dumps(doc))
+    target.write_bytes(json.dumps(doc).encode() + b"\n" + rest)
     assert load_matrix_cached().project("minigemini").info.title == "PLANTED"  # the tamper is visible when trusted
     os.chmod(target, 0o666)
     assert load_matrix_cached().project("minigemini").info.title == title
@@ -276,7 +277,7 @@ def test_cache_trusts_only_files_of_this_user_that_nobody_else_can_write(tmp_pat
     assert load_matrix_cached().project("minigemini").info.title == title
     os.chmod(cache, 0o700)
     if os.getuid() == 0:
-        target.write_text(json.dumps(doc))
+        target.write_bytes(json.dumps(doc).encode() + b"\n" + rest)
         os.chown(target, 65534, 65534)
         assert load_matrix_cached().project("minigemini").info.title == title
 
@@ -290,7 +291,7 @@ def test_cache_ignores_relative_xdg_and_fifo(tmp_path):
     cache = tmp_path / "fifo-cache"
     env = _cache_env(tmp_path, MOE_ENV_CACHE_DIR=str(cache))
     assert _matrix_list(env).returncode == 0
-    (target,) = cache.glob("matrix-*.json")
+    (target,) = cache.glob("matrix-*.jsonl")
     target.unlink()
     os.mkfifo(target)
     r = _matrix_list(env)  # a FIFO at the cache path must not hang the command

@@ -67,24 +67,10 @@ def register(sub) -> None:
 
 
 def start_early(argv):
-    """Start the probe from the raw command line, before argparse (see cli.main); None when it cannot be known yet.
+    """The probe started from the raw command line, before argparse (moe_env.probe.runner.start_from_argv)."""
+    from moe_env.probe.runner import start_from_argv
 
-    Only `--python X` / `--python=X` are read here; anything unusual (help, --from-json, an abbreviated
-    option) leaves it to the normal path, and run() checks the interpreter is the one parsed.
-    """
-    if any(a in ("-h", "--help") or a.startswith("--from") for a in argv):
-        return None
-    python = None
-    for i, a in enumerate(argv):
-        if a == "--":
-            break
-        if a == "--python" and i + 1 < len(argv):
-            python = argv[i + 1]
-        elif a.startswith("--python="):
-            python = a.split("=", 1)[1]
-    from moe_env.probe.runner import ProbeRun, resolve_python
-
-    return ProbeRun(resolve_python(python))
+    return start_from_argv(argv)
 
 
 def run(args) -> int:

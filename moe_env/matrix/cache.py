@@ -22,13 +22,20 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 from moe_env import __version__
 from moe_env.matrix import model
 from moe_env.paths import matrix_dir
-from moe_env.record import asdict, hints, is_record
+from moe_env.record import asdict, defer, hints, is_record
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-FORMAT = "moe-env.matrix-cache/3"
+FORMAT = "moe-env.matrix-cache/4"
 MAX_CACHE_BYTES = 32 * 1024 * 1024
+# Sections doctor never reads, kept out of the first line and built on first read (record.defer): about
+# 40% of the file. The file is JSON Lines: line 1 the header (key, plans, the rest of the matrix, where
+# each deferred section lies), then one line per deferred section.
+DEFERRED = {
+    "Matrix": ("known_issues", "fleet_facts", "launcher_args", "cuda_images"),
+    "Project": ("rules", "known_issues", "entry_points"),
+}
 
 
 def cache_dir() -> Optional[str]:
@@ -98,14 +105,52 @@ def _read_cache(folder: str, target: str, key: str) -> Optional[model.Matrix]:
         if not _trusted(st, want_dir=False) or st.st_size > MAX_CACHE_BYTES:
             return None
         with os.fdopen(fd, "rb", closefd=False) as fh:
-            data = json.loads(fh.read())
-        if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("key") != key:
+            raw = fh.read()
+        end = raw.find(b"\n")
+        header = json.loads(raw[:end]) if end > 0 else None
+        if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("key") != key:
             return None
-        return _build(model.Matrix, data["matrix"], data["plans"])
+        body = raw[end + 1:]
+        # the deferred lines are parsed after this check passed, so a damaged or cut file is a miss here,
+        # never an error later in the middle of a command
+        if [len(body), zlib.crc32(body)] != header["body"]:
+            return None
+        spans, at = header["deferred"], 0
+        for _project, _name, start, size in spans:  # the lines tile the body, each ends its line
+            if start != at or size < 1 or body[start + size - 1:start + size] != b"\n":
+                return None
+            at += size
+        if at != len(body):
+            return None
+        builder = _Builder(header["plans"], target)
+        matrix = builder.build(model.Matrix, header["matrix"])
+        for project, name, start, size in spans:
+            owner = matrix if project is None else matrix.projects[project]
+            defer(owner, name, builder.later(type(owner), name, body, start, size))
+        return matrix
     except Exception:  # malformed, or written by another schema: rebuild
         return None
     finally:
         os.close(fd)
+
+
+def _encode(key: str, matrix: model.Matrix) -> bytes:
+    """The cache file: the header line, then one line per deferred section (see DEFERRED)."""
+    plain = asdict(matrix)
+    body, deferred = bytearray(), []
+
+    def put(owner: Dict[str, Any], project: Optional[str], names: tuple) -> None:
+        for name in names:
+            line = json.dumps(owner.pop(name), separators=(",", ":")).encode() + b"\n"
+            deferred.append([project, name, len(body), len(line)])
+            body.extend(line)
+
+    put(plain, None, DEFERRED["Matrix"])
+    for name, project in plain["projects"].items():
+        put(project, name, DEFERRED["Project"])
+    header = {"format": FORMAT, "key": key, "plans": _plans(), "body": [len(body), zlib.crc32(body)],
+              "deferred": deferred, "matrix": plain}
+    return json.dumps(header, separators=(",", ":")).encode() + b"\n" + bytes(body)
 
 
 def _write_cache(folder: str, target: str, key: str, matrix: model.Matrix) -> None:
@@ -115,12 +160,11 @@ def _write_cache(folder: str, target: str, key: str, matrix: model.Matrix) -> No
             os.makedirs(folder, mode=0o700)
         if not _trusted(os.lstat(folder), want_dir=True):
             return
-        text = json.dumps({"format": FORMAT, "key": key, "plans": _plans(), "matrix": asdict(matrix)},
-                          separators=(",", ":"))
+        data = _encode(key, matrix)
         tmp = os.path.join(folder, f".matrix-{os.getpid()}-{os.urandom(4).hex()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, target)
         tmp = None
         for name in os.listdir(folder):
@@ -145,7 +189,7 @@ def load_matrix_cached(root: Optional[Union[str, Path]] = None) -> model.Matrix:
         key = _key(root_dir)
     except OSError:
         return _loader().load_matrix(root_dir)
-    target = os.path.join(folder, f"matrix-{key}.json")
+    target = os.path.join(folder, f"matrix-{key}.jsonl")
     cached = _read_cache(folder, target, key)
     if cached is not None:
         return cached
@@ -204,10 +248,11 @@ def _plans() -> Dict[str, Dict[str, _Spec]]:
 class _Builder:
     """Rebuilds the typed tree from JSON by the stored plans; only model's own dataclasses are made."""
 
-    def __init__(self, plans: Any):
+    def __init__(self, plans: Any, path: str = ""):
         if not isinstance(plans, dict):
             raise ValueError("no plans")
         self.plans = plans
+        self.path = path
         self.made: Dict[str, Dict[str, Any]] = {}
 
     def _class(self, name: Any) -> type:
@@ -231,6 +276,26 @@ class _Builder:
         if kind == "dict":
             return lambda value: {k: conv(v) for k, v in value.items()}
         raise ValueError(f"bad plan {spec!r}")
+
+    def later(self, cls: type, name: str, body: bytes, start: int, size: int):
+        """The maker of field `name` of a `cls` from its line of the cache body (record.defer calls it)."""
+        conv = self._converter(self.plans[cls.__name__][name])
+
+        def make() -> Any:
+            try:
+                value = json.loads(body[start:start + size])
+                return value if conv is None or value is None else conv(value)
+            except Exception as exc:  # only an edited header gets here (the body's CRC was checked)
+                from moe_env.errors import MoeEnvError
+
+                try:
+                    os.unlink(self.path)  # the next run rebuilds it
+                except OSError:
+                    pass
+                raise MoeEnvError(f"the matrix cache {self.path} does not read back ({name}: {exc}); "
+                                  "it was removed: run the command again") from None
+
+        return make
 
     def build(self, cls: type, data: Any) -> Any:
         if not isinstance(data, dict):

@@ -9,16 +9,19 @@ because a training run started from the same shell would see it.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Iterable, List, NamedTuple, Optional
 
 from moe_env.errors import MoeEnvError, UsageError
 from moe_env.spawn import Child, SpawnTimeout
 
-if TYPE_CHECKING:  # imported at run time only where used: doctor starts the probe before loading it
+# Nothing heavier than os before the probe starts (json, typing: imported where used, after it):
+# typing's own constant, as a local
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterable, List, Optional
+
     from moe_env.environment import Environment
 
 # imports stay few here: doctor starts the probe with this module before loading anything else
@@ -27,8 +30,9 @@ MARKER = "MOE_ENV_PROBE_JSON:"
 DEFAULT_TIMEOUT = 20.0
 # Load target.py through importlib rather than as a script: the target interpreter then keeps its bytecode in
 # __pycache__ (one file per Python version) instead of compiling ~1000 lines on every run (~13 ms of ~45 ms).
-_BOOTSTRAP = ("import importlib.util as u, sys; s = u.spec_from_file_location('moe_env_probe_target', {path!r}); "
-              "m = u.module_from_spec(s); s.loader.exec_module(m); sys.exit(m.main())")
+# importlib.machinery's loader, not importlib.util: that one imports contextlib (~1 ms of the probe's start).
+_BOOTSTRAP = ("import importlib.machinery as i, sys; n = 'moe_env_probe_target'; m = type(sys)(n); "
+              "m.__file__ = {path!r}; i.SourceFileLoader(n, m.__file__).exec_module(m); sys.exit(m.main())")
 
 
 def resolve_python(python: Optional[str]) -> str:
@@ -62,9 +66,32 @@ def _extra_paths() -> List[str]:
 
 
 def probe_command(python: str) -> List[str]:
-    """The command line that runs target.py under `python` (it reads its request on stdin)."""
+    """The command line that runs target.py under `python` (it reads its request on stdin).
+
+    The host's PYTHONPATH (which -I hides from the target) goes along joined by os.pathsep, as
+    PYTHONPATH itself is: no entry can hold the separator."""
     return [python, "-I", "-S", "-c", _BOOTSTRAP.format(path=str(TARGET)), "--stdin",
-            "--extra-paths=" + json.dumps(_extra_paths())]
+            "--extra-paths=" + os.pathsep.join(_extra_paths())]
+
+
+def start_from_argv(argv: List[str]) -> Optional["ProbeRun"]:
+    """doctor's probe, started from its raw arguments before argparse loads (see cli.main); None when
+    they do not say yet which interpreter.
+
+    Only `--python X` / `--python=X` are read here; anything unusual (help, --from-json, an abbreviated
+    option) leaves it to the normal path, and doctor checks the interpreter is the one parsed.
+    """
+    if any(a in ("-h", "--help") or a.startswith("--from") for a in argv):
+        return None
+    python = None
+    for i, a in enumerate(argv):
+        if a == "--":
+            break
+        if a == "--python" and i + 1 < len(argv):
+            python = argv[i + 1]
+        elif a.startswith("--python="):
+            python = a.split("=", 1)[1]
+    return ProbeRun(resolve_python(python))
 
 
 class ProbeRun:
@@ -92,6 +119,8 @@ class ProbeRun:
         proc = self.proc
         if proc is None:
             raise MoeEnvError("internal: the probe was already collected")
+        import json
+
         payload = {"symbols": list(symbols)}  # the extra paths went on the command line (see probe_command)
         if code is not None:
             payload["code"] = code
@@ -123,6 +152,8 @@ def run_target(python: str, symbols: Iterable[str], timeout: float, code: Option
 
 
 def _parse_output(stdout: str) -> Optional[dict]:
+    import json
+
     for line in reversed(stdout.splitlines()):
         if line.startswith(MARKER):
             try:
@@ -133,9 +164,14 @@ def _parse_output(stdout: str) -> Optional[dict]:
     return None
 
 
-class ProbeExit(NamedTuple):
-    returncode: int
-    stderr: str
+class ProbeExit:
+    """How the probe ended (a plain class: typing.NamedTuple would import typing before the probe starts)."""
+
+    __slots__ = ("returncode", "stderr")
+
+    def __init__(self, returncode: int, stderr: str):
+        self.returncode = returncode
+        self.stderr = stderr
 
 
 def _failure(proc: ProbeExit) -> str:
