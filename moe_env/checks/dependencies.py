@@ -114,10 +114,34 @@ def _fired_conflicts(ctx: Context):
 @generic("conflicts")
 def known_conflicts(ctx: Context) -> List[Finding]:
     """The matrix's [[conflict]] table: combinations that break for any project (numpy 2 with torch < 2.3...)."""
-    return [Finding(
-        id=c.id, severity=c.severity, title=c.title,
-        seen=" with ".join(seen) + " installed", why=c.why, fix=c.fix, sources=list(c.source),
-    ) for c, seen in _fired_conflicts(ctx)]
+    out = []
+    for c, seen in _fired_conflicts(ctx):
+        requirement, fix = _conflict_fix(ctx, c)
+        out.append(Finding(
+            id=c.id, severity=c.severity, title=c.title,
+            seen=" with ".join(seen) + " installed", why=c.why, fix=fix, sources=list(c.source),
+            requirement=requirement,
+        ))
+    return out
+
+
+def _conflict_fix(ctx: Context, c) -> tuple:
+    """(requirement, fix) of a fired conflict: its own, or its `alternative` where the project's version rules
+    exclude the requirement and allow the alternative (following the fix must not trade one finding for another)."""
+    if not (c.requirement and c.alternative and ctx.project is not None):
+        return c.requirement, c.fix
+    from moe_env.checks import _bounds
+    from moe_env.checks.merge import intersect, split_requirement
+
+    bounds = _bounds(ctx)
+    req, alt = split_requirement(c.requirement), split_requirement(c.alternative)
+    if req is None or alt is None:
+        return c.requirement, c.fix
+    against = [b for b in bounds.get(req[0], []) if intersect([req[1], b]) is None]
+    if not against or any(intersect([alt[1], b]) is None for b in bounds.get(alt[0], [])):
+        return c.requirement, c.fix
+    return c.alternative, (f"pip install '{c.alternative}'  ({ctx.project.info.title} keeps {req[0]}{against[0]}, "
+                           f"which {c.requirement} would leave)")
 
 
 SRC_RECORD = ("https://packaging.python.org/en/latest/specifications/recording-installed-packages/ "

@@ -149,6 +149,67 @@ def matrix_problems(matrix: Matrix) -> List[str]:
     for project in sorted(matrix.projects.values(), key=lambda p: p.name):
         for stack in project.stacks:
             out.extend(stack_problems(matrix, project, stack))
+    out.extend(conflict_problems(matrix))
+    return out
+
+
+def _known_distributions(matrix: Matrix) -> set:
+    """Distribution names the matrix already stands behind: package tables, torch, declared requirements, pins."""
+    names = set(matrix.releases) | set(matrix.api) | {"torch"}
+    for rows in matrix.releases.values():
+        for row in rows:
+            names.update(_norm(k) for k in row.requires)
+    for project in matrix.projects.values():
+        names.update(_norm(p.package) for p in project.pins)
+        for stack in project.stacks:
+            names.update(_norm(k.split("[", 1)[0]) for k in stack.pins)
+    return names
+
+
+def conflict_problems(matrix: Matrix) -> List[str]:
+    """Each [[conflict]]: `when` names real distributions (canonical names, each known to the matrix or named by a
+    `release:NAME==VER` source of the row, the artifact that was opened), every range parses, and the fix's
+    `requirement` is on one of those packages and leaves the conflict (no version satisfies both)."""
+    import re
+
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    from moe_env.checks.merge import intersect, split_requirement
+
+    known = _known_distributions(matrix)
+    out: List[str] = []
+    for c in matrix.conflicts:
+        where = f"generic.toml: conflict {c.id}"
+        opened = {_norm(m) for s in c.source for m in re.findall(r"^release:([A-Za-z0-9][A-Za-z0-9._-]*)==", s)}
+        if len(c.when) < 2:
+            out.append(f"{where}: `when` names {len(c.when)} package(s); a conflict is between two or more")
+        for pkg, spec in c.when.items():
+            if pkg != _norm(pkg):
+                out.append(f"{where}: `when` package {pkg!r} is not a canonical distribution name (write {_norm(pkg)!r})")
+            elif pkg not in known and pkg not in opened:
+                out.append(f"{where}: `when` package {pkg!r} is no distribution the matrix knows, and no release: source names it")
+            try:
+                if not str(SpecifierSet(spec)):
+                    out.append(f"{where}: `when` {pkg} has an empty range")
+            except InvalidSpecifier:
+                out.append(f"{where}: `when` {pkg} = {spec!r} is not a version specifier")
+        if c.requirement:
+            req = split_requirement(c.requirement)
+            if req is None or req[0] not in c.when:
+                out.append(f"{where}: requirement {c.requirement!r} is not a plain requirement on a `when` package")
+            elif intersect([req[1], c.when[req[0]]]) is not None:
+                out.append(f"{where}: requirement {c.requirement!r} overlaps `when` {req[0]}{c.when[req[0]]}: "
+                           "installing it may keep the conflict")
+        if c.alternative:
+            alt = split_requirement(c.alternative)
+            req = split_requirement(c.requirement) if c.requirement else None
+            if req is None:
+                out.append(f"{where}: alternative {c.alternative!r} without a requirement")
+            elif alt is None or alt[0] not in c.when or alt[0] == req[0]:
+                out.append(f"{where}: alternative {c.alternative!r} is not a plain requirement on another `when` package")
+            elif intersect([alt[1], c.when[alt[0]]]) is not None:
+                out.append(f"{where}: alternative {c.alternative!r} overlaps `when` {alt[0]}{c.when[alt[0]]}: "
+                           "installing it may keep the conflict")
     return out
 
 

@@ -182,6 +182,12 @@ class Conflict(Record):
     why: str
     fix: str
     source: List[str]
+    # the fix as one requirement on one of the `when` packages ("peft<0.14.0"): doctor's one-command fix line
+    # and its merge of fixes for the same package read it; "" when the fix is not an install
+    requirement: str = ""
+    # the other way out, on another `when` package ("transformers>=4.43.0"): doctor offers it instead when the
+    # project's own version rules exclude `requirement` (MoE-LLaVA pins deepspeed==0.9.5: torch<2.4, not deepspeed>=0.14.4)
+    alternative: str = ""
 
 
 # ---------------------------------------------------------------- projects (projects/<name>.toml)
