@@ -26,10 +26,17 @@ COMPACT = ("deps.missing", "deps.conflict")
 
 
 def render_findings(findings: Iterable[Finding], color: bool = False, header: Optional[str] = None,
-                    width: int = 100, facts: Sequence[Tuple[str, str]] = (), fix_all: Optional[str] = None) -> str:
+                    width: int = 100, facts: Sequence[Tuple[str, str]] = (), fix_all: Optional[str] = None,
+                   keep_order: bool = False) -> str:
     """The text report: a header line, the environment's facts, findings grouped by severity (deferred ones
-    last), a summary line, and the one command that applies every requirement fix."""
-    items = sort_findings(findings)
+    last), a summary line, and the one command that applies every requirement fix.
+
+    keep_order: within a severity, the caller's order (explain's: by line, most specific issue first)
+    instead of by id."""
+    if keep_order:
+        items = sorted(findings, key=lambda f: SEVERITY_ORDER.get(f.severity, 9))
+    else:
+        items = sort_findings(findings)
     lines: List[str] = []
     if header:
         lines.append(paint(printable(header), "bold", color))

@@ -9,6 +9,7 @@ users pasted (the threads are named beside each line).
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -320,3 +321,21 @@ def test_explain_python_on_the_peft_line_confirms_and_reads_the_api_table(venv_f
     assert by["peft-needs-transformers-cache-classes"]["confirmation"].startswith("confirmed in ")
     picked = by["hf-name-not-in-release"]["picked"]
     assert picked["reading"] == "too-old" and "first in 4.43.0" in picked["why"], picked
+
+
+def test_explain_text_lists_the_specific_issue_before_the_generic_one():
+    """The text report keeps explain's order within a severity (most specific first), as --json does."""
+    import subprocess
+    import sys
+
+    line = "ImportError: cannot import name 'EncoderDecoderCache' from 'transformers' (/x/transformers/__init__.py)\n"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_ENV_")}
+    env["NO_COLOR"] = "1"
+    text = subprocess.run([sys.executable, "-m", "moe_env", "explain", "-"], input=line, capture_output=True,
+                          text=True, env=env, timeout=60).stdout
+    as_json = subprocess.run([sys.executable, "-m", "moe_env", "explain", "-", "--json"], input=line,
+                             capture_output=True, text=True, env=env, timeout=60).stdout
+    ids = [m["id"] for m in json.loads(as_json)["matches"]]
+    assert ids[0] == "peft-needs-transformers-cache-classes" and "hf-name-not-in-release" in ids
+    shown = [i for i in ids if f"[{i}]" in text]
+    assert shown == ids and text.index(f"[{ids[0]}]") < text.index("[hf-name-not-in-release]")

@@ -182,5 +182,5 @@ def run(args) -> int:
         if not results:
             sys.stdout.write(f"{header}\n\nNo known issue matched.\n")
         else:
-            sys.stdout.write(render_findings([m.finding() for m in results], color=color, header=header))
+            sys.stdout.write(render_findings([m.finding() for m in results], color=color, header=header, keep_order=True))
     return 1 if harmful else 0
