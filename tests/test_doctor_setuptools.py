@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from packaging.specifiers import SpecifierSet
 
-from doctor_support import add_plain, add_torch, moe_env_cli
+from doctor_support import add_deepspeed, add_plain, add_torch, moe_env_cli
 from moe_env.matrix.loader import load_matrix
 
 FID = "torch.setuptools-without-pkg-resources"
@@ -178,3 +178,86 @@ def test_the_torch_rows_match_real_wheels(tmp_path, version):
     minor = ".".join(version.split(".")[:2])
     assert at == ([NEEDS_PKG_RESOURCES[minor]] if minor in NEEDS_PKG_RESOURCES else [])
     assert bool(row.setuptools) == bool(at)
+
+
+def test_no_setuptools_is_an_error_only_where_something_must_compile(venv_factory):
+    """torch/utils/cpp_extension.py imports setuptools at its top in every release (1.13.1: line 8, 2.1.2: 9, 2.5.1: 10,
+    2.13.0: 11, read from the wheels): DeepSpeed's JIT ops need it at training time; nothing does without a build."""
+    fid = "torch.no-setuptools"
+    jit = venv_factory()
+    add_torch(jit, "2.5.1+cu121", "12.1", requires=[])
+    add_deepspeed(jit, "0.14.4", z3_leaf=True, built_torch="2.5", built_cuda="12.1", requires=[])
+    proc, found = _doctor(jit)
+    assert fid in found, sorted(found)
+    hit = found[fid]
+    assert hit["severity"] == "error" and hit["requirement"] == "setuptools" and proc.returncode == 1
+    assert "deepspeed 0.14.4 has no pre-built ops" in hit["seen"]
+    assert "No module named 'setuptools'" in hit["why"]
+    assert any("cpp_extension.py:10" in s for s in hit["sources"])
+    old = venv_factory()
+    add_torch(old, "2.1.2+cu121", "12.1", requires=[])
+    add_deepspeed(old, "0.14.4", z3_leaf=True, built_torch="2.1", built_cuda="12.1", requires=[])
+    assert _doctor(old)[1][fid]["requirement"] == f"setuptools{RANGE}"
+    # the same env with setuptools, or with every op pre-built: nothing to say
+    add_plain(jit, "setuptools", "80.9.0", package="setuptools")
+    assert fid not in _doctor(jit)[1]
+    built = venv_factory()
+    add_torch(built, "2.5.1+cu121", "12.1", requires=[])
+    add_deepspeed(built, "0.14.4", z3_leaf=True, built_torch="2.5", built_cuda="12.1", requires=[],
+                  ops={"fused_adam": True, "cpu_adam": True})
+    assert fid not in _doctor(built)[1]
+    # torch declaring setuptools too (as 2.4+ do for Python 3.12): still one finding about it
+    both = venv_factory()
+    add_torch(both, "2.5.1+cu121", "12.1", requires=["setuptools"])
+    add_deepspeed(both, "0.14.4", z3_leaf=True, built_torch="2.5", built_cuda="12.1", requires=[])
+    proc, found = _doctor(both)
+    about = [f for f in json.loads(proc.stdout)["findings"] if "setuptools" in (f.get("requirement") or "")]
+    assert len(about) == 1, about
+
+
+def test_explain_names_the_missing_setuptools():
+    line = ("  File \"/env/lib/python3.12/site-packages/torch/utils/cpp_extension.py\", line 10, in <module>\n"
+            "    import setuptools\nModuleNotFoundError: No module named 'setuptools'\n")
+    proc = subprocess.run([sys.executable, "-m", "moe_env", "explain", "-", "--json"], input=line,
+                          capture_output=True, text=True, timeout=60)
+    ids = [m["id"] for m in json.loads(proc.stdout)["matches"]]
+    assert ids and ids[0] == "cpp-extension-no-setuptools", ids
+
+
+def test_every_lock_with_something_to_compile_asks_for_setuptools():
+    """uv-made venvs start without setuptools, so a lock whose deepspeed JIT-builds (or that leaves a source build to
+    build steps) pins one itself, in the torch row's range where it has one; a stack with nothing to compile does not."""
+    from moe_env.lock.inputs import lock_input
+    from moe_env.resolver import resolve_stack
+
+    matrix = load_matrix()
+    seen = 0
+    for project in matrix.projects.values():
+        for stack in project.stacks:
+            res = resolve_stack(matrix, project.name, stack.id)
+            inp = lock_input(res)
+            asked = [c for c in inp.constraints if c.startswith("setuptools")]
+            ds = any(k.split("[", 1)[0].lower() == "deepspeed" for k in stack.pins)
+            row = matrix.torch_release(stack.pins.get("torch")) if stack.pins.get("torch") else None
+            if ds or inp.excluded:
+                seen += 1
+                assert asked == [f"setuptools{(row.setuptools or '') if row else ''}"], (stack.id, inp.constraints)
+                assert "setuptools" in inp.requirements_in()
+            elif "setuptools" not in stack.pins and not (row and row.setuptools):
+                assert asked == [], (stack.id, asked)
+    assert seen >= 5
+
+
+def test_a_foreign_lock_without_setuptools_is_a_warning_that_names_the_venv(tmp_path):
+    """A lockfile is judged as installed; whether setuptools is there is up to the venv it goes into (`python -m
+    venv` of 3.11 seeds one, uv does not): a warning with the re-lock fix, not an error. With setuptools: nothing."""
+    lock = tmp_path / "requirements.txt"
+    lock.write_text("torch==2.5.1\ndeepspeed==0.14.4\n")
+    proc = moe_env_cli(["doctor", "--from-lock", str(lock), "--json"])
+    assert proc.returncode in (0, 1), proc.stderr
+    hit = [f for f in json.loads(proc.stdout)["findings"] if f["id"] == "torch.no-setuptools"]
+    assert len(hit) == 1 and hit[0]["severity"] == "warning", hit
+    assert "uv" in hit[0]["why"] and "re-lock" in hit[0]["fix"]
+    lock.write_text("torch==2.5.1\ndeepspeed==0.14.4\nsetuptools==80.9.0\n")
+    proc = moe_env_cli(["doctor", "--from-lock", str(lock), "--json"])
+    assert "torch.no-setuptools" not in {f["id"] for f in json.loads(proc.stdout)["findings"]}

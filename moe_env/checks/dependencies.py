@@ -50,7 +50,16 @@ def metadata_errors(ctx: Context) -> List[Finding]:
 
 @generic("requirements")
 def unsatisfied_requirements(ctx: Context) -> List[Finding]:
+    from moe_env.checks.torch_build import no_setuptools_reasons
+
     env = ctx.env
+    checked: List[List[str]] = []
+
+    def no_setuptools(ctx: Context) -> bool:
+        if not checked:
+            checked.append(no_setuptools_reasons(ctx))
+        return bool(checked[0])
+
     marker_env = marker_environment(env)
     out: List[Finding] = []
     for d in sorted(env.distributions.values(), key=lambda d: d.name):
@@ -68,6 +77,8 @@ def unsatisfied_requirements(ctx: Context) -> List[Finding]:
             wanted = f"{name}{req.specifier}"
             if dep is None and name == "torch" and env.torch is None:
                 continue  # torch.missing speaks for it, once
+            if dep is None and name == "setuptools" and no_setuptools(ctx):
+                continue  # torch.no-setuptools speaks for it, once, with what must compile
             if dep is None:
                 out.append(Finding(
                     id="deps.missing", severity="warning",

@@ -233,3 +233,49 @@ def torch_setuptools(ctx: Context) -> List[Finding]:
         requirement=f"setuptools{row.setuptools}",
         sources=own + builders,
     )]
+
+
+def no_setuptools_reasons(ctx: Context) -> List[str]:
+    """Why something must compile against a torch that has no setuptools beside it; [] when nothing must
+    (or setuptools is there). The requirements check leaves a missing setuptools to torch.no-setuptools then."""
+    from moe_env.checks.platform import _must_compile
+
+    version = ctx.env.torch.version if ctx.env.torch is not None else ctx.env.version_of("torch")
+    if not version or ctx.env.dist("setuptools") is not None:
+        return []
+    if not any("torch.no-setuptools" in k.doctor and k.source for k in ctx.matrix.known_issues):
+        return []  # a matrix without the cited facts (compat_matrix/generic/extensions.toml) claims nothing
+    return _must_compile(ctx)
+
+
+@generic("torch-no-setuptools")
+def torch_no_setuptools(ctx: Context) -> List[Finding]:
+    """torch without setuptools, where something must still compile against it (DeepSpeed's JIT ops, a flash-attn
+    source build): torch/utils/cpp_extension.py imports setuptools first thing. Quiet when nothing compiles."""
+    fid = "torch.no-setuptools"
+    reasons = no_setuptools_reasons(ctx)
+    if not reasons:
+        return []
+    version = ctx.env.torch.version if ctx.env.torch is not None else ctx.env.version_of("torch")
+    row = ctx.matrix.torch_release(version)
+    spec = row.setuptools if row is not None and row.setuptools else ""
+    issues = [k for k in ctx.matrix.known_issues if fid in k.doctor]
+    dist = ctx.env.dist("torch")
+    error = "\"ModuleNotFoundError: No module named 'setuptools'\""
+    wanted = f"setuptools{spec}"
+    if dist is not None and dist.installer == "lockfile":
+        # a lockfile leaves setuptools to the venv it goes into: `python -m venv` of 3.11 and older seeds one
+        severity, fix = "warning", f"Add {wanted} to the lock's input and re-lock"
+        title = f"The lockfile pins torch {version} but no setuptools, and something must compile against it"
+        seen = f"torch {version} pinned, setuptools not; "
+        why = ("torch/utils/cpp_extension.py imports setuptools first thing; installed into an environment made by "
+               f"uv, or a venv of Python 3.12+, which start without it, that build stops with {error} "
+               "(`python -m venv` of 3.11 and older seeds one).")
+    else:
+        severity, fix = "error", f"pip install '{wanted}'" if spec else "pip install setuptools"
+        title = f"torch {version} without setuptools: nothing can be compiled against it"
+        seen = f"torch {version}, no setuptools distribution; "
+        why = (f"torch/utils/cpp_extension.py imports setuptools first thing, so that build stops with {error} "
+               "(uv-made environments and venvs of Python 3.12+ start without it).")
+    return [Finding(id=fid, severity=severity, title=title, seen=seen + "; ".join(reasons), why=why, fix=fix,
+                    requirement=wanted, sources=[s for k in issues for s in k.source])]

@@ -8,6 +8,7 @@ the best one. After the lockfile text exists (shipped or fresh) it is judged onc
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -57,6 +58,10 @@ def locked_from_resolution(resolution: Resolution) -> LockedSet:
     for item in inp.excluded:
         name, _, version = item.partition("==")
         later.setdefault(norm(name.split("[", 1)[0]), version)
+    for item in inp.constraints:  # asked for by range: in the lock, at a version the resolver picks
+        name = norm(re.split(r"[<>=!~;\[ ]", item, 1)[0])
+        if name not in pins and name not in later:
+            pins[name] = ""
     return LockedSet(pins=pins, source_builds=later, python=resolution.target.python,
                      project=resolution.project.name, variant=resolution.variant.id if resolution.variant else None,
                      stack=resolution.stack.id, origin=f"stack {resolution.stack.id}")

@@ -54,8 +54,10 @@ def lock_input(resolution: Resolution, index_url: Optional[str] = None, torch_in
     torch_version = target.torch or torch_pin
     release = resolution.matrix.torch_release(torch_version) if resolution.matrix and torch_version else None
     pinned = {norm(k.split("[", 1)[0]) for k in resolution.stack.pins}
-    if release is not None and release.setuptools and "setuptools" not in pinned:
-        constraints.append(f"setuptools{release.setuptools}")
+    if "setuptools" not in pinned and (release is not None and release.setuptools or compiles(resolution, excluded)):
+        # the .in asks for it, so the lock pins it: torch/utils/cpp_extension.py imports setuptools (and 1.13-2.1
+        # pkg_resources), and uv-made or Python 3.12+ venvs start without one (doctor: torch.no-setuptools)
+        constraints.append(f"setuptools{(release.setuptools or '') if release is not None else ''}")
     # what a build-step package installs with it goes into the lockfile (hash-checked, in an air-gapped
     # wheelhouse); the step itself then finds everything installed
     from moe_env.matrix.consistency import release_facts
@@ -75,6 +77,12 @@ def lock_input(resolution: Resolution, index_url: Optional[str] = None, torch_in
         excluded=excluded,
         constraints=constraints,
     )
+
+
+def compiles(resolution: Resolution, excluded: List[str]) -> bool:
+    """Something installed from this lock compiles against torch: DeepSpeed's ops JIT-build at first use (a pip
+    install of deepspeed pre-builds none), and every source build the lock leaves to build steps."""
+    return bool(excluded) or any(norm(k.split("[", 1)[0]) == "deepspeed" for k in resolution.stack.pins)
 
 
 # The oldest glibc a lockfile targets: RHEL/Rocky 8 and Ubuntu 20.04 have it. Some stacks' packages only
