@@ -219,6 +219,7 @@ PACKAGES: List[Tuple[str, str, str, Tuple[str, ...]]] = [
     ("main", "helperlib", "1.0", ()),
     ("main", "helperlib", "1.1", ()),
     ("main", "deepspeed", "0.13.2", ("torch", "helperlib")),
+    ("main", "setuptools", "80.9.0", ()),  # locks with deepspeed or a source build pin one (torch.no-setuptools)
     ("cu118", "torch", "2.1.2+cu118", ("fake-cuda-runtime==11.8.0", "typing-extensions-fake>=4")),
     ("cu126", "torch", "2.8.0+cu126", ("typing-extensions-fake>=4",)),
 ]
