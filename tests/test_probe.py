@@ -176,6 +176,9 @@ def test_broken_and_missing_metadata(venv):
     bad = venv.site / "badbytes-4.0.dist-info"
     bad.mkdir()
     (bad / "METADATA").write_bytes(b"Metadata-Version: 2.1\nName: badbytes\nVersion: 4.0\nSummary: \xff\xfe\n")
+    fine = venv.site / "replacement-6.0.dist-info"  # U+FFFD written by the author, encoded as valid UTF-8
+    fine.mkdir()
+    (fine / "METADATA").write_bytes("Metadata-Version: 2.1\nName: replacement\nVersion: 6.0\nSummary: \ufffd ok\n".encode())
     unreadable = venv.site / "locked-5.0.dist-info"
     (unreadable / "METADATA").mkdir(parents=True)  # a directory where the file should be
     env = probe_environment(str(venv.python))
@@ -184,6 +187,7 @@ def test_broken_and_missing_metadata(venv):
     assert env.dist("garbage").version == "3.0" and "no Name and Version" in env.dist("garbage").metadata_error
     assert env.dist("badbytes").version == "4.0" and "UTF-8" in env.dist("badbytes").metadata_error
     assert env.dist("locked").version == "5.0" and env.dist("locked").metadata_error
+    assert env.dist("replacement").version == "6.0" and env.dist("replacement").metadata_error is None
     joined = "\n".join(env.probe_errors)
     for name in ("nometa-2.0", "garbage-3.0", "badbytes-4.0", "locked-5.0"):
         assert name in joined

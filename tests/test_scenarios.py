@@ -52,6 +52,7 @@ def mgm_venv(venv, deepspeed="0.12.6", z3_leaf=False, torch="2.1.2+cu121", cuda=
     add_plain(venv, "open-clip-torch", "2.24.0", package="open_clip")
     add_plain(venv, "pydantic", "1.10.13")
     add_plain(venv, "mgm", "1.0.0")
+    add_plain(venv, "setuptools", "75.8.0", package="setuptools")  # as `python -m venv` seeds it; torch.no-setuptools else
     return venv
 
 
@@ -118,6 +119,7 @@ def moellava_venv(venv, deepspeed="0.9.5", accelerate="0.21.0", transformers="4.
     add_plain(venv, "flash-attn", "2.5.8", package="flash_attn")
     add_plain(venv, "pydantic", "1.10.13")
     add_plain(venv, "moellava", "1.0.0")
+    add_plain(venv, "setuptools", "75.8.0", package="setuptools")
     return venv
 
 
@@ -258,6 +260,7 @@ def xtuner_venv(venv, xtuner="0.1.23", transformers="4.45.2", torch_1_13_flag=Tr
     add_plain(venv, "mmengine", "0.10.6")
     add_plain(venv, "flash-attn", "2.5.8", package="flash_attn")
     add_plain(venv, "xtuner", xtuner)
+    add_plain(venv, "setuptools", "75.8.0", package="setuptools")
     return venv
 
 

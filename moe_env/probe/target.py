@@ -305,14 +305,15 @@ def read_distribution(location, entry, errors):
     dist = {"name": normalize_name(dir_name), "version": dir_version or "", "requires": [],
             "location": location, "installer": None, "metadata_error": None, "path": path}
     text = None
+    undecodable = []  # _read_text notes a failed strict decode; a U+FFFD the author wrote is valid UTF-8
     if os.path.isfile(meta_path):
-        text = _read_text(meta_path, None, limit=_METADATA_LIMIT)
+        text = _read_text(meta_path, undecodable, limit=_METADATA_LIMIT)
         if text is None:
             dist["metadata_error"] = "%s unreadable" % os.path.basename(meta_path)
     else:
         dist["metadata_error"] = "%s missing" % os.path.basename(meta_path)
     if text is not None:
-        if "\ufffd" in text:
+        if undecodable:
             dist["metadata_error"] = "%s is not valid UTF-8" % os.path.basename(meta_path)
         name = version = None
         requires = []
