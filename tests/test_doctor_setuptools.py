@@ -208,11 +208,16 @@ def test_no_setuptools_is_an_error_only_where_something_must_compile(venv_factor
     assert fid not in _doctor(built)[1]
     # torch declaring setuptools too (as 2.4+ do for Python 3.12): still one finding about it
     both = venv_factory()
-    add_torch(both, "2.5.1+cu121", "12.1", requires=["setuptools"])
+    # (torch 2.13.0's real METADATA: `Requires-Dist: setuptools>=77.0.3`): the one fix keeps what torch declares
+    add_torch(both, "2.5.1+cu121", "12.1", requires=["setuptools>=77.0.3"])
     add_deepspeed(both, "0.14.4", z3_leaf=True, built_torch="2.5", built_cuda="12.1", requires=[])
     proc, found = _doctor(both)
     about = [f for f in json.loads(proc.stdout)["findings"] if "setuptools" in (f.get("requirement") or "")]
-    assert len(about) == 1, about
+    assert len(about) == 1 and about[0]["requirement"] == "setuptools>=77.0.3", about
+    older = venv_factory()
+    add_torch(older, "2.1.2+cu121", "12.1", requires=["setuptools>=60"])
+    add_deepspeed(older, "0.14.4", z3_leaf=True, built_torch="2.1", built_cuda="12.1", requires=[])
+    assert _doctor(older)[1][fid]["requirement"] == f"setuptools{RANGE},>=60"
 
 
 def test_explain_names_the_missing_setuptools():
@@ -261,3 +266,24 @@ def test_a_foreign_lock_without_setuptools_is_a_warning_that_names_the_venv(tmp_
     lock.write_text("torch==2.5.1\ndeepspeed==0.14.4\nsetuptools==80.9.0\n")
     proc = moe_env_cli(["doctor", "--from-lock", str(lock), "--json"])
     assert "torch.no-setuptools" not in {f["id"] for f in json.loads(proc.stdout)["findings"]}
+
+
+@pytest.mark.skipif(not glob.glob(TORCH_WHEEL), reason="needs the local torch 2.13.0 CPU wheel")
+def test_a_uv_made_venv_with_the_real_torch_wheel_and_no_setuptools(venv_factory):
+    """The real torch 2.13.0 wheel installed --no-deps into a uv-made venv (which seeds no setuptools), beside a
+    deepspeed whose ops JIT-build: the error, with torch's own `Requires-Dist: setuptools>=77.0.3` as the fix."""
+    try:
+        from uv import find_uv_bin  # the uv PyPI package ships the binary (the test extra installs it)
+    except ImportError:
+        pytest.skip("needs the uv package (the test extra installs it)")
+    uv = find_uv_bin()
+    env = venv_factory()
+    subprocess.run([uv, "pip", "install", "--quiet", "--offline", "--no-deps", "--python", str(env.python),
+                    sorted(glob.glob(TORCH_WHEEL))[0]], check=True, timeout=600)
+    assert not list(env.site.glob("setuptools*"))
+    add_deepspeed(env, "0.14.4", z3_leaf=True, built_torch="2.13", built_cuda="", requires=[])
+    proc, found = _doctor(env)
+    hit = found["torch.no-setuptools"]
+    assert hit["severity"] == "error" and hit["requirement"] == "setuptools>=77.0.3", hit
+    assert proc.returncode == 1
+    assert not [f for f in found.values() if f["id"] == "deps.missing" and "setuptools" in f["requirement"]]

@@ -48,6 +48,23 @@ def metadata_errors(ctx: Context) -> List[Finding]:
     return out
 
 
+def applicable_requirements(env):
+    """(distribution, Requirement, normalised name) for every Requires-Dist whose marker holds here, sorted by
+    distribution; unparsable lines and extra-only ones are skipped."""
+    marker_env = marker_environment(env)
+    for d in sorted(env.distributions.values(), key=lambda d: d.name):
+        for line in d.requires:
+            if _EXTRA_ONLY.search(line) and " or " not in line:
+                continue
+            try:
+                req = parse(line)
+            except Unparsed:
+                continue  # garbage in someone's METADATA is not this environment's problem
+            if req.marker is not None and not evaluate(req.marker, marker_env):
+                continue  # False, or a marker that cannot be judged
+            yield d, req, normalize_name(req.name)  # huggingface_hub and huggingface-hub are one distribution
+
+
 @generic("requirements")
 def unsatisfied_requirements(ctx: Context) -> List[Finding]:
     from moe_env.checks.torch_build import no_setuptools_reasons
@@ -60,50 +77,39 @@ def unsatisfied_requirements(ctx: Context) -> List[Finding]:
             checked.append(no_setuptools_reasons(ctx))
         return bool(checked[0])
 
-    marker_env = marker_environment(env)
     out: List[Finding] = []
-    for d in sorted(env.distributions.values(), key=lambda d: d.name):
-        for line in d.requires:
-            if _EXTRA_ONLY.search(line) and " or " not in line:
-                continue
-            try:
-                req = parse(line)
-            except Unparsed:
-                continue  # garbage in someone's METADATA is not this environment's problem
-            if req.marker is not None and not evaluate(req.marker, marker_env):
-                continue  # False, or a marker that cannot be judged
-            dep = env.dist(req.name)
-            name = normalize_name(req.name)  # huggingface_hub and huggingface-hub are one distribution
-            wanted = f"{name}{req.specifier}"
-            if dep is None and name == "torch" and env.torch is None:
-                continue  # torch.missing speaks for it, once
-            if dep is None and name == "setuptools" and no_setuptools(ctx):
-                continue  # torch.no-setuptools speaks for it, once, with what must compile
-            if dep is None:
-                out.append(Finding(
-                    id="deps.missing", severity="warning",
-                    title=f"The package `{d.name}` requires `{wanted}`, but it's not installed",
-                    seen=f"{d.name} {d.version} requires {wanted}, which is not installed",
-                    why="Imports of the missing package fail at run time (`pip check` reports the same).",
-                    fix=f"pip install '{wanted}'",
-                    sources=[SRC_PIP_CHECK],
-                    requirement=wanted,
-                ))
-                continue
-            if not req.specifier:
-                continue
-            ok = spec_contains(req.specifier, dep.version)
-            if ok is False:
-                out.append(Finding(
-                    id="deps.conflict", severity="warning",
-                    title=f"The package `{d.name}` requires `{wanted}`, but `{dep.name}=={dep.version}` is installed",
-                    seen=f"{d.name} {d.version} requires {wanted}, but {dep.name} {dep.version} is installed",
-                    why="The package was released against other versions; it may fail or misbehave "
-                        "(`pip check` reports the same).",
-                    fix=f"pip install '{wanted}'  (or a {d.name} release that accepts {dep.name} {dep.version})",
-                    sources=[SRC_PIP_CHECK],
-                    requirement=wanted,
-                ))
+    for d, req, name in applicable_requirements(env):
+        dep = env.dist(req.name)
+        wanted = f"{name}{req.specifier}"
+        if dep is None and name == "torch" and env.torch is None:
+            continue  # torch.missing speaks for it, once
+        if dep is None and name == "setuptools" and no_setuptools(ctx):
+            continue  # torch.no-setuptools speaks for it, once, with what must compile
+        if dep is None:
+            out.append(Finding(
+                id="deps.missing", severity="warning",
+                title=f"The package `{d.name}` requires `{wanted}`, but it's not installed",
+                seen=f"{d.name} {d.version} requires {wanted}, which is not installed",
+                why="Imports of the missing package fail at run time (`pip check` reports the same).",
+                fix=f"pip install '{wanted}'",
+                sources=[SRC_PIP_CHECK],
+                requirement=wanted,
+            ))
+            continue
+        if not req.specifier:
+            continue
+        ok = spec_contains(req.specifier, dep.version)
+        if ok is False:
+            out.append(Finding(
+                id="deps.conflict", severity="warning",
+                title=f"The package `{d.name}` requires `{wanted}`, but `{dep.name}=={dep.version}` is installed",
+                seen=f"{d.name} {d.version} requires {wanted}, but {dep.name} {dep.version} is installed",
+                why="The package was released against other versions; it may fail or misbehave "
+                    "(`pip check` reports the same).",
+                fix=f"pip install '{wanted}'  (or a {d.name} release that accepts {dep.name} {dep.version})",
+                sources=[SRC_PIP_CHECK],
+                requirement=wanted,
+            ))
     return out
 
 

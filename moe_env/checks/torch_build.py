@@ -258,7 +258,14 @@ def torch_no_setuptools(ctx: Context) -> List[Finding]:
         return []
     version = ctx.env.torch.version if ctx.env.torch is not None else ctx.env.version_of("torch")
     row = ctx.matrix.torch_release(version)
-    spec = row.setuptools if row is not None and row.setuptools else ""
+    from moe_env.checks.dependencies import applicable_requirements
+
+    # the torch row's range, and what installed packages declare (torch 2.13: setuptools>=77.0.3), as one spec
+    parts = [row.setuptools] if row is not None and row.setuptools else []
+    for d, req, name in applicable_requirements(ctx.env):
+        if name == "setuptools" and req.specifier and str(req.specifier) not in parts:
+            parts.append(str(req.specifier))
+    spec = ",".join(parts)
     issues = [k for k in ctx.matrix.known_issues if fid in k.doctor]
     dist = ctx.env.dist("torch")
     error = "\"ModuleNotFoundError: No module named 'setuptools'\""
