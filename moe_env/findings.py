@@ -26,6 +26,8 @@ class Finding(Record):
     # ("" = the default one): the text report ends with one install command made of these
     requirement: str = ""
     index_url: str = ""
+    # deps.missing / deps.conflict: the distribution whose Requires-Dist asks for `requirement` (normalised name)
+    required_by: Optional[str] = None
     # doctor --code: where in the user's checkout (path relative to it, line, the source line as written)
     file: Optional[str] = None
     line: Optional[int] = None
@@ -33,7 +35,7 @@ class Finding(Record):
 
     def to_dict(self) -> Dict[str, Any]:
         data = asdict(self)
-        for key in ("file", "line", "code"):  # only code findings carry a location
+        for key in ("file", "line", "code", "required_by"):  # only code findings carry a location, deps ones whom
             if data[key] is None:
                 del data[key]
         return data

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 from typing import Dict, List, Optional, Tuple
 
-from moe_env.environment import Environment
+from moe_env.environment import Environment, normalize_name
 from moe_env.findings import SEVERITY_ORDER, Finding
 
 
@@ -112,6 +112,10 @@ def combined_fix(findings: List[Finding], env: Environment) -> Optional[str]:
         req = split_requirement(f.requirement)
         if req is not None:
             chosen.setdefault(req[0], f)
+    # a package the command itself changes brings its own requirements: what the installed release asks for
+    # (deepspeed 0.19's pydantic>=2 while the fix moves deepspeed to 0.14) would only fight the change
+    changed = {name for name, f in chosen.items() if f.required_by is None}
+    chosen = {name: f for name, f in chosen.items() if f.required_by is None or normalize_name(f.required_by) not in changed}
     if not chosen:
         return None
     reqs = [shlex.quote(f.requirement) for f in chosen.values()]

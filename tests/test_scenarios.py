@@ -372,6 +372,24 @@ def test_text_report_ends_with_one_fix_command_uv_without_pip_and_pip_with_it(ve
     assert res.stdout.rstrip().splitlines()[-1].startswith(f"  {v.python} -m pip install 'deepspeed>=0.13.2,<=0.14.5'")
 
 
+def test_the_one_fix_command_leaves_out_what_a_package_it_replaces_requires(venv_factory):
+    """deepspeed 0.16.2 as pip leaves it asks for pydantic>=2 (its real requirements/requirements.txt); the command moves
+    deepspeed to 0.13.2-0.14.5, whose own install brings what it needs, so `pydantic>=2` must not fight MGM's pin.
+    A missing requirement of a package the command keeps stays in it."""
+    v = mgm_venv(venv_factory(), deepspeed="0.16.2", z3_leaf=True)
+    (v.site / "pydantic-1.10.13.dist-info").rename(v.site / "unrelated-1.0.dist-info")
+    meta = v.site / "deepspeed-0.16.2.dist-info" / "METADATA"
+    meta.write_text(meta.read_text() + "Requires-Dist: pydantic>=2.0.0\nRequires-Dist: hjson\n")
+    add_plain(v, "hjson-user", "1.0", requires=["msgpack"])
+    res = moe_env_cli(["doctor", "mgm", "--model", "8x7b", "--python", str(v.python)], env=A100)
+    listed = {f["requirement"] for f in json.loads(moe_env_cli(
+        ["doctor", "mgm", "--model", "8x7b", "--python", str(v.python), "--json"], env=A100).stdout)["findings"]}
+    assert {"pydantic>=2.0.0", "hjson", "msgpack"} <= listed  # each still reported, as `pip check` would
+    command = res.stdout.rstrip().splitlines()[-1]
+    assert "deepspeed>=" in command and "msgpack" in command, command
+    assert "pydantic" not in command and "hjson" not in command.replace("hjson-user", ""), command
+
+
 def test_lockfile_and_deps_report_a_missing_package_once(venv_factory, tmp_path):
     v = mgm_venv(venv_factory(), deepspeed="0.14.4", z3_leaf=True)
     add_plain(v, "needs-hjson", "1.0", requires=["hjson"])

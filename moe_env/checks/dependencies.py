@@ -94,6 +94,7 @@ def unsatisfied_requirements(ctx: Context) -> List[Finding]:
                 fix=f"pip install '{wanted}'",
                 sources=[SRC_PIP_CHECK],
                 requirement=wanted,
+                required_by=d.name,
             ))
             continue
         if not req.specifier:
@@ -109,6 +110,7 @@ def unsatisfied_requirements(ctx: Context) -> List[Finding]:
                 fix=f"pip install '{wanted}'  (or a {d.name} release that accepts {dep.name} {dep.version})",
                 sources=[SRC_PIP_CHECK],
                 requirement=wanted,
+                required_by=d.name,
             ))
     return out
 
