@@ -1,4 +1,4 @@
-"""How long the matrix takes to load: from the TOML files (validated), and from the per-user JSON cache.
+"""How long the matrix takes to load: from the TOML files (validated), and from the per-user JSON Lines cache.
 
 The cache replaced a pickle (issue 16: a planted pickle ran code); this prints what reading plain JSON
 back into the typed dataclasses costs, so the doctor path's budget can be judged. Not a test.
@@ -42,7 +42,7 @@ def main() -> None:
         size = sum(p.stat().st_size for p in Path(folder).glob("matrix-*.jsonl"))
         fresh = median_ms(lambda: loader._load(loader.matrix_root()), runs=10)
     print(f"matrix from TOML (parse + validate): {fresh:7.1f} ms median")
-    print(f"matrix from the JSON cache:          {hit:7.1f} ms median  ({size / 1024:.0f} KiB cache file; what doctor reads)")
+    print(f"matrix from the JSON Lines cache:    {hit:7.1f} ms median  ({size / 1024:.0f} KiB cache file; what doctor reads)")
     print(f"  ... with every deferred section:   {full:7.1f} ms median")
 
 
