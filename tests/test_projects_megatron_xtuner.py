@@ -401,6 +401,10 @@ XTUNER_SOURCE_LINES = [
     ("_pickle.UnpicklingError: Weights only load failed. This file can still be loaded, to do so you have two "
      "options, \033[1mdo those steps only if you trust the source of the checkpoint\033[0m. ",
      "pth-to-hf-weights-only"),
+    # InternLM/xtuner#691, the start of the line verbatim; mmengine 0.10.4 mmengine/registry/registry.py:311-315
+    ('07/29 22:44:31 - mmengine - WARNING - Failed to search registry with scope "mmengine" in the "builder" registry '
+     'tree. As a workaround, the current "builder" registry in "xtuner" is used to build instance. This may cause '
+     'unexpected failure when running the built modules.', "mmengine-registry-scope-fallback"),
 ]
 
 AUDIT_REAL_LINES = ([("megatron", line, e) for line, e in MEGATRON_AUDIT_LINES]
